@@ -1,0 +1,104 @@
+//! Dialects (wire formats), the inbound request as the engine sees it, and the trait a
+//! client-facing codec implements.
+
+use std::fmt;
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
+
+use crate::error::RelayError;
+
+/// A wire format, by name. Codecs and adapters are registered against these.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DialectId(pub &'static str);
+
+impl DialectId {
+    /// OpenAI Chat Completions (`/v1/chat/completions`, `/v1/embeddings`).
+    pub const OPENAI_CHAT: DialectId = DialectId("openai-chat");
+    /// Anthropic Messages (`/v1/messages`).
+    pub const ANTHROPIC_MESSAGES: DialectId = DialectId("anthropic-messages");
+    /// Google Gemini (`generateContent`, `streamGenerateContent`).
+    pub const GEMINI: DialectId = DialectId("gemini");
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Debug for DialectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Display for DialectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// The API operation a request performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A chat completion (plain or streamed).
+    Chat,
+    /// Embeddings (never streamed).
+    Embeddings,
+}
+
+impl Operation {
+    /// A stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A JSON object whose values are kept as raw, unparsed JSON text, in their original order.
+///
+/// The pass-through fast path edits a few top-level fields (`model`, `stream_options`)
+/// and writes every other value back byte for byte, unknown fields included.
+pub type JsonObject = IndexMap<String, Box<RawValue>>;
+
+/// A decoded client request, ready for the engine.
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// The client's dialect.
+    pub dialect: DialectId,
+    /// What it asks for.
+    pub op: Operation,
+    /// The model or preset it names.
+    pub model: String,
+    /// Whether it asked for a stream.
+    pub stream: bool,
+    /// Whether it asked for usage in the stream (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The top-level body fields.
+    pub body: JsonObject,
+    /// Characters of prompt text, for estimating usage when the upstream reports none.
+    pub prompt_chars: usize,
+}
+
+impl InboundRequest {
+    /// A rough token estimate of the prompt (four characters a token).
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        (self.prompt_chars as u64).div_ceil(4).max(1)
+    }
+}
+
+/// The client-facing half of a dialect codec: parse requests, render errors.
+pub trait ClientDialect: Send + Sync + 'static {
+    /// Which dialect.
+    fn id(&self) -> DialectId;
+    /// Parse and validate a request body. Bad input is a 400 naming the problem.
+    fn parse_request(&self, op: Operation, body: &[u8]) -> Result<InboundRequest, RelayError>;
+    /// The JSON error body in this dialect's shape.
+    fn error_body(&self, err: &RelayError) -> Bytes;
+}
+
+#[allow(dead_code)]
+fn _client_dialect_is_object_safe(_: &dyn ClientDialect) {}

@@ -1,0 +1,537 @@
+//! The relay engine: resolve the preset, try its items in order, pick a channel per
+//! attempt, call the upstream with deadlines, retry and fail over while nothing has
+//! reached the client, hold a stream's head until its first content event, and settle.
+
+mod body;
+mod client;
+mod settle;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use tokio::time::timeout_at;
+
+pub use body::RelayBody;
+pub use client::UpstreamClient;
+
+use self::body::StreamState;
+use self::settle::Settlement;
+use crate::adapter::{AdapterRegistry, DecodedResponse, StreamTranslator, UpstreamCall};
+use crate::config::{ConfigError, RelayConfig, RetryPolicy};
+use crate::dialect::InboundRequest;
+use crate::error::{Disposition, ErrorKind, RelayError, Side};
+use crate::select::{Channel, ChannelSet, Preset, Route, RoutingTable};
+use crate::sse::SseParser;
+use crate::usage::{NullSink, UsageRecord, UsageSink};
+
+/// Upstream error bodies are read up to this size for classification.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// Events held before the first content event, at most (a guard against an upstream
+/// that streams metadata forever).
+const HELD_LIMIT: usize = 1024 * 1024;
+
+/// One request for the engine.
+#[derive(Debug)]
+pub struct RelayRequest {
+    /// The decoded client request.
+    pub inbound: InboundRequest,
+    /// Unique id (also the settlement record's id).
+    pub request_id: String,
+    /// The caller's key id, if known.
+    pub key_id: Option<String>,
+    /// When the request arrived (latency and deadlines count from here).
+    pub received_at: Instant,
+}
+
+impl RelayRequest {
+    /// A request that arrived now.
+    pub fn new(inbound: InboundRequest, request_id: impl Into<String>) -> Self {
+        RelayRequest {
+            inbound,
+            request_id: request_id.into(),
+            key_id: None,
+            received_at: Instant::now(),
+        }
+    }
+}
+
+/// Builds a [`Relay`].
+pub struct RelayBuilder {
+    config: RelayConfig,
+    adapters: AdapterRegistry,
+    sink: Arc<dyn UsageSink>,
+}
+
+impl RelayBuilder {
+    /// Use these adapters (providers).
+    pub fn adapters(mut self, adapters: AdapterRegistry) -> Self {
+        self.adapters = adapters;
+        self
+    }
+
+    /// Send settlement records here (default: dropped).
+    pub fn usage_sink(mut self, sink: Arc<dyn UsageSink>) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Validate the config and build the engine. Must be called inside a Tokio runtime
+    /// only when requests are made, not to build.
+    pub fn build(self) -> Result<Relay, BuildError> {
+        let table = RoutingTable::build(&self.config, &self.adapters, None)?;
+        let client = UpstreamClient::new(&self.config.upstream)?;
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(table),
+                adapters: self.adapters,
+                client,
+                sink: self.sink,
+                max_response_bytes: self.config.upstream.max_response_bytes,
+            }),
+        })
+    }
+}
+
+/// Why a [`Relay`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be set up.
+    #[error(transparent)]
+    Client(#[from] RelayError),
+}
+
+/// The relay engine. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: ArcSwap<RoutingTable>,
+    adapters: AdapterRegistry,
+    client: UpstreamClient,
+    sink: Arc<dyn UsageSink>,
+    max_response_bytes: usize,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("adapters", &self.inner.adapters).finish()
+    }
+}
+
+/// A successful attempt, before the response is built.
+enum Answer {
+    Full(DecodedResponse),
+    Stream {
+        upstream: Incoming,
+        parser: SseParser,
+        translator: Box<dyn StreamTranslator>,
+        held: BytesMut,
+        done: bool,
+    },
+}
+
+impl Relay {
+    /// Start building an engine for `config`.
+    pub fn builder(config: RelayConfig) -> RelayBuilder {
+        RelayBuilder {
+            config,
+            adapters: AdapterRegistry::new(),
+            sink: Arc::new(NullSink),
+        }
+    }
+
+    /// Swap in a new config. A bad one is refused and the current one keeps serving;
+    /// channel health carries over by id.
+    pub fn reload(&self, config: &RelayConfig) -> Result<(), ConfigError> {
+        let current = self.inner.table.load();
+        let table = RoutingTable::build(config, &self.inner.adapters, Some(&current))?;
+        self.inner.table.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// The routing table in force.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.inner.table.load_full()
+    }
+
+    /// The registered adapters.
+    pub fn adapters(&self) -> &AdapterRegistry {
+        &self.inner.adapters
+    }
+
+    /// Relay one request. On `Err` nothing was sent to the client yet: render the error in
+    /// the client's dialect. Either way exactly one usage record is (or will be, when a
+    /// stream ends or is dropped) handed to the sink.
+    pub async fn handle(&self, req: RelayRequest) -> Result<http::Response<RelayBody>, RelayError> {
+        let inbound = &req.inbound;
+        let mut record = UsageRecord::new(req.request_id.clone(), inbound.model.clone(), inbound.dialect, inbound.op);
+        record.key_id = req.key_id.clone();
+        record.stream = inbound.stream;
+        let mut settlement = Settlement::new(
+            record,
+            self.inner.sink.clone(),
+            req.received_at,
+            inbound.estimated_prompt_tokens(),
+        );
+        let table = self.inner.table.load_full();
+        let result = match table.resolve(&inbound.model) {
+            None => Err(RelayError::model_not_found(&inbound.model)),
+            Some(preset) => self.run(&table, preset, inbound, &mut settlement).await,
+        };
+        match result {
+            Ok((answer, channel, timeouts_idle, deadline)) => Ok(self.respond(answer, settlement, channel, &table, timeouts_idle, deadline)),
+            Err(err) => {
+                settlement.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        answer: Answer,
+        mut settlement: Settlement,
+        channel: Arc<Channel>,
+        table: &RoutingTable,
+        idle: Duration,
+        deadline: Instant,
+    ) -> http::Response<RelayBody> {
+        match answer {
+            Answer::Full(decoded) => {
+                settlement.usage_seen = decoded.usage;
+                settlement.finish(crate::usage::Outcome::Ok, None);
+                let mut resp = http::Response::new(RelayBody::full(decoded.body));
+                resp.headers_mut().insert(header::CONTENT_TYPE, decoded.content_type);
+                resp
+            }
+            Answer::Stream {
+                upstream,
+                parser,
+                translator,
+                held,
+                done,
+            } => {
+                let state = StreamState::new(
+                    upstream,
+                    parser,
+                    translator,
+                    held,
+                    done,
+                    idle,
+                    deadline.into(),
+                    settlement,
+                    channel,
+                    table.board.clone(),
+                );
+                let mut resp = http::Response::new(RelayBody::stream(state));
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                resp
+            }
+        }
+    }
+
+    /// Items in order, attempts inside each, until one succeeds or nothing is left.
+    async fn run(
+        &self,
+        table: &RoutingTable,
+        preset: &Preset,
+        inbound: &InboundRequest,
+        settlement: &mut Settlement,
+    ) -> Result<(Answer, Arc<Channel>, Duration, Instant), RelayError> {
+        let started = settlement.started();
+        // Channels that must not be used again in this request, and ones that failed in
+        // a way a later retry may fix.
+        let mut dead = ChannelSet::default();
+        let mut tried = ChannelSet::default();
+        let mut last_err: Option<RelayError> = None;
+        let mut attempts = 0u32;
+
+        for (index, route) in preset.items.iter().enumerate() {
+            let deadline = started + route.timeouts.total();
+            let mut round = 0u32;
+            let mut item_attempts = 0u32;
+            while item_attempts < route.retry.max_attempts {
+                let now = Instant::now();
+                if now >= deadline {
+                    last_err = Some(total_timeout());
+                    break;
+                }
+                let mut skip = dead.clone();
+                merge(&mut skip, &tried, route);
+                let channel = match route.select(&table.board, &skip) {
+                    Some(c) => c.clone(),
+                    None => {
+                        // Everything here failed already. Retry one that failed
+                        // retryably, after the upstream's Retry-After or a backoff.
+                        let Some(err) = last_err.as_ref().filter(|e| e.is_retryable()) else {
+                            break;
+                        };
+                        let Some(wait) = backoff(&route.retry, round, err) else {
+                            break;
+                        };
+                        let Some(c) = route.select(&table.board, &dead) else {
+                            break;
+                        };
+                        let c = c.clone();
+                        if now + wait >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
+                        round += 1;
+                        c
+                    }
+                };
+                item_attempts += 1;
+                attempts += 1;
+                let model = channel.config.map_model(&route.model).to_owned();
+                if let Some(r) = settlement.record_mut() {
+                    r.attempts = attempts;
+                    r.item = Some(index);
+                    r.channel = Some(channel.id().to_owned());
+                    r.upstream_model = Some(model.clone());
+                    r.upstream_dialect = Some(channel.adapter.dialect().as_str());
+                }
+                match self.attempt(route, &channel, &model, inbound, deadline).await {
+                    Ok(answer) => return Ok((answer, channel, route.timeouts.idle(), deadline)),
+                    Err(err) => {
+                        tracing::warn!(
+                            channel = %channel.id(),
+                            item = index,
+                            attempt = attempts,
+                            error = %err,
+                            "upstream attempt failed"
+                        );
+                        match err.disposition() {
+                            Disposition::Fatal => return Err(err),
+                            Disposition::Failover => {
+                                channel.health.on_failure(&table.board);
+                                dead.insert(&channel);
+                            }
+                            Disposition::Retry => {
+                                if err.side() == Side::Upstream {
+                                    channel.health.on_failure(&table.board);
+                                }
+                                tried.insert(&channel);
+                            }
+                        }
+                        last_err = Some(err);
+                    }
+                }
+            }
+        }
+        Err(match last_err {
+            Some(err) if attempts > 1 => {
+                let msg = format!("all {attempts} upstream attempts failed; last: {}", err.message());
+                err.with_message(msg)
+            }
+            Some(err) => err,
+            None => RelayError::new(
+                ErrorKind::NoChannel,
+                Side::Internal,
+                format!("no enabled channel can serve `{}` right now", preset.name),
+            ),
+        })
+    }
+
+    /// One upstream call: send, check the head, read or begin the stream.
+    async fn attempt(
+        &self,
+        route: &Route,
+        channel: &Channel,
+        model: &str,
+        inbound: &InboundRequest,
+        deadline: Instant,
+    ) -> Result<Answer, RelayError> {
+        let call = UpstreamCall {
+            request: inbound,
+            channel: &channel.config,
+            base_url: &channel.base_url,
+            api_key: channel.next_key(),
+            model,
+        };
+        let adapter = &channel.adapter;
+        let request = adapter.build_request(&call)?;
+        let sent = Instant::now();
+        let first_byte = (sent + route.timeouts.first_byte()).min(deadline);
+        let response = match timeout_at(first_byte.into(), self.inner.client.send(request)).await {
+            Ok(r) => r?,
+            Err(_) if first_byte >= deadline => return Err(total_timeout()),
+            Err(_) => {
+                return Err(RelayError::new(
+                    ErrorKind::FirstByteTimeout,
+                    Side::Upstream,
+                    format!("no response head from `{}` within {} ms", channel.id(), route.timeouts.first_byte_ms),
+                ));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            let limit = (Instant::now() + Duration::from_secs(5)).min(deadline);
+            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit).await.unwrap_or_default();
+            return Err(adapter.classify_error(parts.status, &parts.headers, &bytes));
+        }
+        channel.health.on_success(sent.elapsed());
+
+        if !inbound.stream {
+            let bytes = read_capped(body, self.inner.max_response_bytes, deadline).await?;
+            return adapter.decode_response(&call, bytes).map(Answer::Full);
+        }
+
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        if !is_sse {
+            let limit = (Instant::now() + Duration::from_secs(5)).min(deadline);
+            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit).await.unwrap_or_default();
+            return Err(RelayError::new(
+                ErrorKind::UpstreamProtocol,
+                Side::Upstream,
+                format!(
+                    "`{}` answered a stream request without an event stream: {}",
+                    channel.id(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                ),
+            ));
+        }
+        self.hold_until_content(route, channel, &call, body, sent, deadline).await
+    }
+
+    /// Read the stream until its first content event (or its end), holding every byte
+    /// back, so a failure up to here can still fail over invisibly.
+    async fn hold_until_content(
+        &self,
+        route: &Route,
+        channel: &Channel,
+        call: &UpstreamCall<'_>,
+        mut body: Incoming,
+        sent: Instant,
+        deadline: Instant,
+    ) -> Result<Answer, RelayError> {
+        let mut translator = channel.adapter.stream_translator(call)?;
+        let mut parser = SseParser::new();
+        let mut held = BytesMut::new();
+        let first_token = (sent + route.timeouts.first_token()).min(deadline);
+        loop {
+            let wait_until = (Instant::now() + route.timeouts.idle()).min(first_token);
+            let frame = match timeout_at(wait_until.into(), body.frame()).await {
+                Err(_) if wait_until >= deadline => return Err(total_timeout()),
+                Err(_) => {
+                    return Err(RelayError::new(
+                        ErrorKind::FirstTokenTimeout,
+                        Side::Upstream,
+                        format!("no content from `{}` within {} ms", channel.id(), route.timeouts.first_token_ms),
+                    ));
+                }
+                Ok(None) => {
+                    // Ended before any content: a clean end only if the translator agrees.
+                    while let Some(event) = parser.finish().map_err(sse_error)? {
+                        if translator.on_event(event, &mut held)?.done {
+                            return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                        }
+                    }
+                    translator.on_eof(&mut held)?;
+                    return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(RelayError::new(
+                        ErrorKind::UpstreamIo,
+                        Side::Upstream,
+                        format!("upstream stream failed before any content: {}", client::source_chain(&e)),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            parser.push_bytes(data);
+            let mut content = false;
+            while let Some(event) = parser.next_event().map_err(sse_error)? {
+                let progress = translator.on_event(event, &mut held)?;
+                if progress.done {
+                    return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                }
+                content |= progress.content;
+            }
+            if content {
+                return Ok(Answer::Stream { upstream: body, parser, translator, held, done: false });
+            }
+            if held.len() > HELD_LIMIT {
+                return Err(RelayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    Side::Upstream,
+                    "the upstream stream sent over 1 MiB before any content",
+                ));
+            }
+        }
+    }
+}
+
+/// Add the channels of `tried` that belong to this route.
+fn merge(skip: &mut ChannelSet, tried: &ChannelSet, route: &Route) {
+    for c in route.channels() {
+        if tried.contains(c) {
+            skip.insert(c);
+        }
+    }
+}
+
+/// How long to wait before reusing a channel that failed with `err`: the upstream's
+/// Retry-After if it is within the cap (`None`, meaning do not reuse, if it is over),
+/// else exponential backoff with full jitter.
+fn backoff(policy: &RetryPolicy, round: u32, err: &RelayError) -> Option<Duration> {
+    if let Some(after) = err.retry_after() {
+        return (after <= Duration::from_millis(policy.max_retry_after_ms)).then_some(after);
+    }
+    let ceiling = policy
+        .backoff_base_ms
+        .saturating_mul(1u64 << round.min(20))
+        .min(policy.backoff_max_ms);
+    let ms = if ceiling == 0 { 0 } else { rand::rng().random_range(ceiling / 2..=ceiling) };
+    Some(Duration::from_millis(ms))
+}
+
+fn total_timeout() -> RelayError {
+    RelayError::new(ErrorKind::TotalTimeout, Side::Upstream, "the request exceeded its total time limit")
+        .with_disposition(Disposition::Fatal)
+}
+
+fn sse_error(e: crate::sse::SseError) -> RelayError {
+    RelayError::new(ErrorKind::UpstreamProtocol, Side::Upstream, format!("bad upstream event stream: {e}"))
+}
+
+async fn read_capped(body: Incoming, limit: usize, deadline: Instant) -> Result<Bytes, RelayError> {
+    match timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
+        Err(_) => Err(total_timeout()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(RelayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    Side::Upstream,
+                    format!("the upstream response is larger than {limit} bytes"),
+                ))
+            } else {
+                Err(RelayError::new(
+                    ErrorKind::UpstreamIo,
+                    Side::Upstream,
+                    format!("reading the upstream response failed: {e}"),
+                ))
+            }
+        }
+    }
+}
