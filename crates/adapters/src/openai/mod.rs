@@ -1,0 +1,13 @@
+//! The `openai-chat` dialect: the client-side codec, the upstream adapter for OpenAI and
+//! every OpenAI-compatible provider, and the typed wire structs.
+
+mod adapter;
+mod dialect;
+mod errors;
+mod peek;
+mod stream;
+
+pub use adapter::OpenAiAdapter;
+pub use dialect::OpenAiDialect;
+pub use errors::{error_body, parse_error_body};
+pub use stream::PassthroughStream;
