@@ -1,0 +1,198 @@
+//! Response bodies: a pre-rendered full body, or a paced SSE stream that
+//! tracks completion and cancellation.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::Shared;
+use crate::render::Frames;
+
+/// The response body type of every mock response.
+#[derive(Debug)]
+pub(crate) enum MockBody {
+    /// A complete body, sent with a `content-length`.
+    Full(Option<Bytes>),
+    /// A server-sent-events stream.
+    Sse(SseBody),
+}
+
+impl MockBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> MockBody {
+        MockBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Sse(sse) => sse.poll_next(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            MockBody::Full(bytes) => bytes.is_none(),
+            MockBody::Sse(sse) => sse.next >= sse.ends.len(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MockBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            MockBody::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Pacing and fault settings of one stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    pub(crate) chunk_interval: Duration,
+    pub(crate) stall_first_token: Duration,
+    pub(crate) cut_after: Option<u32>,
+}
+
+/// A pre-rendered SSE stream handed out one frame at a time.
+///
+/// Every frame is a zero-copy slice of one buffer. Dropping the body before
+/// the `[DONE]` frame was produced counts the stream as cancelled.
+#[derive(Debug)]
+pub(crate) struct SseBody {
+    data: Bytes,
+    ends: Vec<usize>,
+    /// Index of the next frame to produce.
+    next: usize,
+    /// Index of the finish frame; frames `1..finish` are content frames.
+    finish: usize,
+    /// Frame index at which the stream is cut instead.
+    cut_at: Option<usize>,
+    pacing: Pacing,
+    /// The delay before frame `next` has elapsed (or was not needed).
+    delay_done: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+    sleep_armed: bool,
+    /// `[DONE]` was produced or the stream was cut: not a cancellation.
+    ended: bool,
+    shared: Arc<Shared>,
+    /// The connection's cut flag (see [`CutStream`](crate::conn::CutStream)).
+    cut: Arc<AtomicBool>,
+}
+
+impl SseBody {
+    pub(crate) fn new(
+        frames: Frames,
+        pacing: Pacing,
+        shared: Arc<Shared>,
+        cut: Arc<AtomicBool>,
+    ) -> SseBody {
+        shared.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+        let cut_at = pacing
+            .cut_after
+            .map(|n| (1 + n as usize).min(frames.finish));
+        SseBody {
+            data: Bytes::from(frames.data),
+            ends: frames.ends,
+            next: 0,
+            finish: frames.finish,
+            cut_at,
+            pacing,
+            delay_done: false,
+            sleep: None,
+            sleep_armed: false,
+            ended: false,
+            shared,
+            cut,
+        }
+    }
+
+    /// The pause owed before frame `i`.
+    fn delay_before(&self, i: usize) -> Duration {
+        if i == 1 {
+            self.pacing.stall_first_token
+        } else if i >= 2 && i < self.finish {
+            self.pacing.chunk_interval
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let i = self.next;
+        if i >= self.ends.len() {
+            return Poll::Ready(None);
+        }
+        if self.ended {
+            // Cut: never produce anything again; the connection's next
+            // flush fails and hyper drops the connection.
+            return Poll::Pending;
+        }
+        if !self.delay_done {
+            let delay = self.delay_before(i);
+            if !delay.is_zero() {
+                if !self.sleep_armed {
+                    let deadline = Instant::now() + delay;
+                    match self.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    self.sleep_armed = true;
+                }
+                if let Some(sleep) = self.sleep.as_mut() {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                self.sleep_armed = false;
+            }
+            self.delay_done = true;
+        }
+        if self.cut_at == Some(i) {
+            self.ended = true;
+            self.cut.store(true, Ordering::Release);
+            return Poll::Pending;
+        }
+        self.delay_done = false;
+        self.next += 1;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let frame = self.data.slice(start..self.ends[i]);
+        if self.next == self.ends.len() {
+            self.ended = true;
+            self.shared
+                .stats
+                .streams_completed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shared
+                .stats
+                .streams_cancelled
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `relay-mock`: an in-tree mock of an OpenAI-compatible upstream.
+//!
+//! Relay's integration tests, benchmarks and the gateway quick start use it
+//! as the upstream. It speaks real HTTP/1.1 over TCP (hyper 1, keep-alive,
+//! `TCP_NODELAY` on every accepted socket) and pre-renders every response
+//! into one buffer, so it keeps up with tens of thousands of requests per
+//! second.
+//!
+//! # Routes
+//!
+//! * `POST /v1/chat/completions`: JSON completions, SSE streams (with
+//!   `stream_options.include_usage`), and parallel tool calls when the
+//!   request carries `tools`.
+//! * `POST /v1/embeddings`: deterministic unit vectors derived from the
+//!   input text (`dimensions` honoured, default 8; `encoding_format:
+//!   "base64"` supported).
+//! * `GET /v1/models`: lists `mock-model`.
+//! * Anything else: 404 with an OpenAI error body.
+//!
+//! # Faults and overrides
+//!
+//! The server-wide [`Behavior`] sets latency, token count, pacing, injected
+//! statuses, abrupt stream cuts and stalls. Any request can override it with
+//! headers, parsed leniently (bad values are ignored): `x-mock-status`,
+//! `x-mock-retry-after`, `x-mock-latency-ms`, `x-mock-tokens`,
+//! `x-mock-chunk-interval-ms`, `x-mock-cut-after`, `x-mock-stall-ms`,
+//! `x-mock-stall-first-token-ms` and `x-mock-tool-calls`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use relay_mock::{Behavior, MockServer};
+//!
+//! let server = MockServer::start(Behavior { tokens: 5, ..Behavior::default() }).await?;
+//! println!("point the client at {}", server.base_url());
+//! // ... send requests ...
+//! assert_eq!(server.stats().streams_cancelled, 0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod behavior;
+mod body;
+mod conn;
+mod handler;
+mod render;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use behavior::Behavior;
+
+/// How many requests [`MockServer::requests`] keeps.
+pub const RECORDED_REQUESTS: usize = 64;
+
+/// Counters of what the server has served so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests received (every route, faults included).
+    pub requests: u64,
+    /// SSE streams whose response was produced.
+    pub streams_started: u64,
+    /// Streams that produced their `[DONE]` frame.
+    pub streams_completed: u64,
+    /// Streams whose body was dropped before it finished (the client went
+    /// away). Streams cut on purpose by `cut_after` are not counted.
+    pub streams_cancelled: u64,
+}
+
+/// A request the server received.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `"POST"`.
+    pub method: String,
+    /// Request path without the query, e.g. `"/v1/chat/completions"`.
+    pub path: String,
+    /// Request headers as received.
+    pub headers: http::HeaderMap,
+    /// The complete request body.
+    pub body: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    streams_started: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_cancelled: AtomicU64,
+}
+
+/// A behavior together with the number of requests served under it (the
+/// `fail_first` counter); replaced wholesale by `set_behavior`.
+#[derive(Debug)]
+struct BehaviorState {
+    behavior: Behavior,
+    served: AtomicU64,
+}
+
+/// State shared by the server handle and every connection.
+#[derive(Debug)]
+struct Shared {
+    behavior: RwLock<Arc<BehaviorState>>,
+    stats: Counters,
+    recorded: Mutex<VecDeque<RecordedRequest>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn behavior(&self) -> Arc<BehaviorState> {
+        Arc::clone(&self.behavior.read())
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        let mut recorded = self.recorded.lock();
+        if recorded.len() >= RECORDED_REQUESTS {
+            recorded.pop_front();
+        }
+        recorded.push_back(request);
+    }
+}
+
+/// A running mock upstream.
+///
+/// The server runs in a spawned tokio task; it stops on
+/// [`shutdown`](MockServer::shutdown) or when the handle is dropped.
+#[derive(Debug)]
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `127.0.0.1:0` and serves in a spawned tokio task.
+    pub async fn start(behavior: Behavior) -> std::io::Result<MockServer> {
+        MockServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), behavior).await
+    }
+
+    /// Binds `addr` and serves in a spawned tokio task.
+    pub async fn bind(addr: SocketAddr, behavior: Behavior) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            behavior: RwLock::new(Arc::new(BehaviorState {
+                behavior,
+                served: AtomicU64::new(0),
+            })),
+            stats: Counters::default(),
+            recorded: Mutex::new(VecDeque::with_capacity(RECORDED_REQUESTS)),
+            next_id: AtomicU64::new(1),
+        });
+        let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
+        Ok(MockServer { addr, shared, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The OpenAI-style base URL, `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Replaces the behavior; applies to requests that arrive later. Also
+    /// restarts the `fail_first` count.
+    pub fn set_behavior(&self, behavior: Behavior) {
+        *self.shared.behavior.write() = Arc::new(BehaviorState {
+            behavior,
+            served: AtomicU64::new(0),
+        });
+    }
+
+    /// The current behavior.
+    pub fn behavior(&self) -> Behavior {
+        self.shared.behavior().behavior.clone()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        Stats {
+            requests: c.requests.load(Ordering::Relaxed),
+            streams_started: c.streams_started.load(Ordering::Relaxed),
+            streams_completed: c.streams_completed.load(Ordering::Relaxed),
+            streams_cancelled: c.streams_cancelled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The last (up to [`RECORDED_REQUESTS`]) requests, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.recorded.lock().iter().cloned().collect()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.shared.recorded.lock().clear();
+    }
+
+    /// Stops accepting and aborts the serving task, open connections
+    /// included. Also done on drop.
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Accepts connections until aborted; aborting drops the `JoinSet`, which
+/// aborts every connection task too.
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
+                Err(e) => {
+                    // Usually fd exhaustion: back off instead of spinning.
+                    tracing::warn!(error = %e, "relay-mock: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "relay-mock: could not set TCP_NODELAY");
+    }
+    let stream = conn::CutStream::new(stream);
+    let cut = stream.cut_flag();
+    let service =
+        service_fn(move |req| handler::handle(Arc::clone(&shared), Arc::clone(&cut), req));
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "relay-mock: connection ended with an error");
+    }
+}

@@ -1,0 +1,112 @@
+//! `relay-mock`: run the mock OpenAI-compatible upstream as a standalone
+//! server, e.g. for the gateway quick start or manual benchmarks.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use relay_mock::{Behavior, MockServer};
+
+/// A mock OpenAI-compatible upstream (chat completions, streaming, tool
+/// calls, embeddings, models) with injectable latency and faults.
+///
+/// Requests can override most settings with x-mock-* headers
+/// (x-mock-status, x-mock-retry-after, x-mock-latency-ms, x-mock-tokens,
+/// x-mock-chunk-interval-ms, x-mock-cut-after, x-mock-stall-ms,
+/// x-mock-stall-first-token-ms, x-mock-tool-calls).
+#[derive(Debug, Parser)]
+#[command(name = "relay-mock", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Delay before every response head, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    latency_ms: u64,
+    /// Completion tokens per answer (one stream chunk per token).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    tokens: u32,
+    /// Pause between stream content chunks, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    chunk_interval_ms: u64,
+    /// Answer every request with this HTTP status (400-599) and an OpenAI
+    /// error body.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(400..=599))]
+    status: Option<u16>,
+    /// Retry-After header value sent with --status.
+    #[arg(long, value_name = "S", requires = "status")]
+    retry_after: Option<String>,
+    /// Only the first N requests get --status (0 = all of them).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "status")]
+    fail_first: u32,
+    /// Parallel tool calls made when the request carries tools (0 = always
+    /// answer with text).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    tool_calls: u32,
+    /// Model name echoed in responses (default: the request's model).
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+}
+
+impl Args {
+    fn behavior(&self) -> Behavior {
+        Behavior {
+            latency: Duration::from_millis(self.latency_ms),
+            tokens: self.tokens,
+            chunk_interval: Duration::from_millis(self.chunk_interval_ms),
+            status: self.status,
+            retry_after: self.retry_after.clone(),
+            fail_first: self.fail_first,
+            tool_calls: self.tool_calls,
+            model: self.model.clone(),
+            ..Behavior::default()
+        }
+    }
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let server = match MockServer::bind(args.listen, args.behavior()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("relay-mock: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let printed = writeln!(stdout, "relay-mock listening on {}", server.base_url())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
+    if let Err(e) = printed {
+        eprintln!("relay-mock: cannot write to stdout: {e}");
+    }
+    shutdown_signal().await;
+    server.shutdown();
+    ExitCode::SUCCESS
+}
