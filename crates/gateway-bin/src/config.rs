@@ -1,0 +1,126 @@
+//! The gateway's TOML config: server settings and API keys, plus the relay-core config
+//! (channels, presets, defaults, upstream) at the top level.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use relay_core::config::{Defaults, UpstreamSettings};
+use relay_core::{ChannelConfig, PresetConfig, RelayConfig};
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listener and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// API keys clients use.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Upstream channels.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+    /// Presets.
+    #[serde(default)]
+    pub presets: Vec<PresetConfig>,
+    /// Retry and timeout defaults.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Upstream client settings.
+    #[serde(default)]
+    pub upstream: UpstreamSettings,
+}
+
+/// Listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Time allowed to receive request headers.
+    pub header_timeout_ms: u64,
+    /// Time allowed to receive a request body.
+    pub body_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests and streams may take to finish.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 8 * 1024 * 1024,
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// One client API key. Give either the key itself or its SHA-256 (hex).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A name for logs and usage records (never the key).
+    pub name: String,
+    /// The key in clear (convenient for local setups).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Or the hex SHA-256 of the key (`relay-gateway hash-key`).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+}
+
+/// A config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+}
+
+impl GatewayConfig {
+    /// Read and parse a TOML file (validation happens when the relay is built).
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| LoadError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parse TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The relay-core part.
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            channels: self.channels.clone(),
+            presets: self.presets.clone(),
+            defaults: self.defaults.clone(),
+            upstream: self.upstream.clone(),
+        }
+    }
+}

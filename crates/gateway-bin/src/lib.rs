@@ -1,0 +1,21 @@
+//! # relay-gateway
+//!
+//! The standalone gateway over `relay-core`: an OpenAI-compatible HTTP front
+//! (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, `/healthz`), API keys,
+//! request limits, structured logs with request ids, graceful shutdown, and the TOML
+//! config that wires channels and presets. The binary (`relay-gateway`) is a thin CLI
+//! over [`Gateway`].
+//!
+//! Modules: [`config`] (the TOML file), [`auth`] (keys), [`routes`] (inbound routes),
+//! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
+//! [`usage_log`] (settlement records as log lines).
+
+pub mod auth;
+pub mod config;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod usage_log;
+
+pub use config::GatewayConfig;
+pub use server::{Gateway, RunningGateway, StartError};

@@ -1,0 +1,233 @@
+//! The gateway: state, the accept loop, graceful shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use parking_lot::Mutex;
+use relay_adapters::openai::OpenAiDialect;
+use relay_core::{BuildError, Relay, RelayConfig, UsageSink};
+use relay_mock::{Behavior, MockServer};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::auth::KeyStore;
+use crate::config::{GatewayConfig, ServerConfig};
+use crate::routes;
+use crate::usage_log::LogSink;
+
+/// The gateway could not start (or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The relay config is invalid.
+    #[error(transparent)]
+    Relay(#[from] BuildError),
+    /// The key list is invalid.
+    #[error("invalid keys:\n  - {}", .0.join("\n  - "))]
+    Keys(Vec<String>),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared gateway state.
+pub struct Gateway {
+    relay: Relay,
+    keys: ArcSwap<KeyStore>,
+    server: ServerConfig,
+    dialect: OpenAiDialect,
+    /// Built-in mock upstreams, by channel id (`provider = "mock"` without a base_url).
+    mocks: Mutex<HashMap<String, MockServer>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("relay", &self.relay).finish()
+    }
+}
+
+/// The quick start's mock: a short answer, paced so streaming is visible.
+fn builtin_mock_behavior() -> Behavior {
+    Behavior {
+        tokens: 24,
+        chunk_interval: Duration::from_millis(20),
+        ..Behavior::default()
+    }
+}
+
+impl Gateway {
+    /// Build the gateway from its config, starting built-in mock upstreams as needed.
+    pub async fn new(config: &GatewayConfig, sink: Arc<dyn UsageSink>) -> Result<Arc<Gateway>, StartError> {
+        let keys = KeyStore::from_config(&config.keys).map_err(StartError::Keys)?;
+        let mocks = Mutex::new(HashMap::new());
+        let relay_config = with_builtin_mocks(config.relay_config(), &mocks).await?;
+        let relay = Relay::builder(relay_config)
+            .adapters(relay_adapters::default_registry())
+            .usage_sink(Arc::new(LogSink::new(sink)))
+            .build()?;
+        if keys.is_empty() {
+            tracing::warn!("no API keys configured: every relay request will get 401");
+        }
+        Ok(Arc::new(Gateway {
+            relay,
+            keys: ArcSwap::from_pointee(keys),
+            server: config.server.clone(),
+            dialect: OpenAiDialect,
+            mocks,
+        }))
+    }
+
+    /// Apply a new config (channels, presets, keys). A bad one is refused whole and the
+    /// current one keeps serving. Server settings need a restart.
+    pub async fn reload(&self, config: &GatewayConfig) -> Result<(), StartError> {
+        let keys = KeyStore::from_config(&config.keys).map_err(StartError::Keys)?;
+        let relay_config = with_builtin_mocks(config.relay_config(), &self.mocks).await?;
+        self.relay.reload(&relay_config).map_err(|e| StartError::Relay(e.into()))?;
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// The relay engine.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// The key store in force.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeyStore>> {
+        self.keys.load()
+    }
+
+    /// The OpenAI client dialect.
+    pub fn openai_dialect(&self) -> &OpenAiDialect {
+        &self.dialect
+    }
+
+    /// Request body limit.
+    pub fn max_body_bytes(&self) -> usize {
+        self.server.max_body_bytes
+    }
+
+    /// Request body read timeout.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.body_timeout_ms)
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then stop accepting and let
+    /// in-flight requests and streams finish (up to the drain timeout).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(self.server.header_timeout_ms))
+            .keep_alive(true)
+            .max_buf_size(256 * 1024);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "set_nodelay failed");
+                    }
+                    let gw = self.clone();
+                    let service = service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move {
+                            let request_id = routes::new_request_id();
+                            let span = tracing::info_span!("request", id = %request_id);
+                            let mut resp = routes::handle(&gw, req, &request_id).instrument(span).await;
+                            routes::tag(&mut resp, &request_id);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        let drain = Duration::from_millis(self.server.drain_timeout_ms);
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections drained"),
+            () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        }
+        Ok(())
+    }
+
+    /// Bind `addr` and serve in a background task; for tests and embedding.
+    pub async fn spawn(self: Arc<Self>, addr: SocketAddr) -> Result<RunningGateway, StartError> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(RunningGateway { addr, stop: Some(tx), task })
+    }
+}
+
+/// A gateway serving in the background.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningGateway {
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting, drain, and wait for the server task.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Point `provider = "mock"` channels without a base_url at a built-in mock upstream,
+/// started on loopback (one per channel, kept across reloads).
+async fn with_builtin_mocks(mut config: RelayConfig, mocks: &Mutex<HashMap<String, MockServer>>) -> std::io::Result<RelayConfig> {
+    for ch in config.channels.iter_mut().filter(|c| c.provider == "mock" && c.base_url.is_none()) {
+        let existing = mocks.lock().get(&ch.id).map(MockServer::base_url);
+        let url = match existing {
+            Some(url) => url,
+            None => {
+                let server = MockServer::start(builtin_mock_behavior()).await?;
+                let url = server.base_url();
+                tracing::info!(channel = %ch.id, %url, "started the built-in mock upstream");
+                mocks.lock().insert(ch.id.clone(), server);
+                url
+            }
+        };
+        ch.base_url = Some(url);
+        ch.allow_private_network = true;
+    }
+    Ok(config)
+}
