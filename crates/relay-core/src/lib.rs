@@ -33,6 +33,7 @@ pub mod config;
 pub mod dialect;
 pub mod engine;
 pub mod error;
+pub mod ir;
 pub mod select;
 pub mod sse;
 pub mod usage;

@@ -6,6 +6,7 @@ mod dialect;
 mod errors;
 mod peek;
 mod stream;
+pub mod wire;
 
 pub use adapter::OpenAiAdapter;
 pub use dialect::OpenAiDialect;

@@ -431,3 +431,14 @@ async fn embeddings_pass_through() {
     assert_eq!(rec.operation, "embeddings");
     assert!(rec.usage.input_tokens > 0);
 }
+
+#[tokio::test]
+async fn client_disconnect_before_the_answer_cancels_the_attempt() {
+    let up = mock(Behavior { latency: Duration::from_secs(2), ..Behavior::default() }).await;
+    let gw = gateway(&channel("a", &up.base_url(), &["m"])).await;
+    let send = gw.send("/v1/chat/completions", Some(KEY), chat("m", false).to_string());
+    assert!(tokio::time::timeout(Duration::from_millis(200), send).await.is_err());
+    let rec = &gw.wait_records(1).await[0];
+    assert_eq!(rec.outcome, Outcome::Cancelled);
+    assert!(rec.latency_ms < 1000, "settled after {} ms", rec.latency_ms);
+}

@@ -28,6 +28,17 @@ impl HealthBoard {
     pub fn any_open(&self, now: u64) -> bool {
         self.open_until_max.load(Ordering::Relaxed) > now
     }
+
+    /// The time of day only matters once a circuit has opened: `None` while none ever
+    /// has (no clock read on the hot path), else whether one may be open now.
+    pub fn open_now(&self) -> Option<u64> {
+        let until = self.open_until_max.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = now_ms();
+        (until > now).then_some(now)
+    }
 }
 
 /// One channel's health.

@@ -1,6 +1,7 @@
 //! Channel selection: the compiled routing table (presets and implicit presets), the
 //! strategies, credential rotation and health.
 
+mod fast_rand;
 mod health;
 mod table;
 

@@ -2,9 +2,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rand::Rng;
-
-use super::health::{Health, HealthBoard, now_ms};
+use super::fast_rand;
+use super::health::{Health, HealthBoard};
 use crate::adapter::{Adapter, AdapterRegistry};
 use crate::config::{
     ChannelConfig, ConfigError, PresetItem, RelayConfig, RetryPolicy, Secret, Strategy, Timeouts,
@@ -150,12 +149,11 @@ impl Route {
     /// Choose a channel for the next attempt, skipping `skip`. Channels with an open
     /// circuit are passed over while any other is eligible.
     pub fn select(&self, board: &HealthBoard, skip: &ChannelSet) -> Option<&Arc<Channel>> {
-        let now = now_ms();
-        let check_health = board.any_open(now);
-        if !check_health && skip.is_empty() {
+        let open_at = board.open_now();
+        if open_at.is_none() && skip.is_empty() {
             return self.select_fast();
         }
-        let healthy = |c: &Channel| !skip.contains(c) && !(check_health && c.health.is_open(now));
+        let healthy = |c: &Channel| !skip.contains(c) && !open_at.is_some_and(|now| c.health.is_open(now));
         self.select_by(&healthy)
             .or_else(|| self.select_by(&|c: &Channel| !skip.contains(c)))
     }
@@ -167,7 +165,7 @@ impl Route {
                 let mut start = 0;
                 for &(end, total) in &self.tiers {
                     if total > 0 {
-                        let r = rand::rng().random_range(0..total);
+                        let r = fast_rand::below(total);
                         let i = start + self.cumulative[start..end].partition_point(|&c| c <= r);
                         return self.channels.get(i);
                     }
@@ -199,7 +197,7 @@ impl Route {
                         .map(|c| u64::from(c.config.weight))
                         .sum();
                     if total > 0 {
-                        let mut r = rand::rng().random_range(0..total);
+                        let mut r = fast_rand::below(total);
                         for c in tier.iter().filter(|c| eligible(c)) {
                             let w = u64::from(c.config.weight);
                             if r < w {
