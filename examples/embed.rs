@@ -12,15 +12,19 @@ use http_body_util::BodyExt;
 use relay_adapters::openai::OpenAiDialect;
 use relay_core::sse::SseParser;
 use relay_core::{
-    ChannelConfig, ClientDialect, MemorySink, Operation, PresetConfig, PresetItem, Relay, RelayConfig,
-    RelayRequest, Strategy,
+    ChannelConfig, ClientDialect, MemorySink, Operation, PresetConfig, PresetItem, Relay,
+    RelayConfig, RelayRequest, Strategy,
 };
 use relay_mock::{Behavior, MockServer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Two upstreams: one answers 503, the other streams 12 tokens, 40 ms apart.
-    let broken = MockServer::start(Behavior { status: Some(503), ..Behavior::default() }).await?;
+    let broken = MockServer::start(Behavior {
+        status: Some(503),
+        ..Behavior::default()
+    })
+    .await?;
     let healthy = MockServer::start(Behavior {
         tokens: 12,
         chunk_interval: Duration::from_millis(40),
@@ -36,7 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         c
     };
     let config = RelayConfig {
-        channels: vec![channel("broken", broken.base_url()), channel("healthy", healthy.base_url())],
+        channels: vec![
+            channel("broken", broken.base_url()),
+            channel("healthy", healthy.base_url()),
+        ],
         presets: vec![PresetConfig {
             name: "assistant".into(),
             description: None,
@@ -59,13 +66,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Any OpenAI-format body works; the dialect codec validates it.
     let body = br#"{"model":"assistant","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#;
     let inbound = OpenAiDialect.parse_request(Operation::Chat, body)?;
-    let response = relay.handle(RelayRequest::new(inbound, "example-1")).await?;
-    println!("status {} (the broken channel failed over invisibly)", response.status());
+    let response = relay
+        .handle(RelayRequest::new(inbound, "example-1"))
+        .await?;
+    println!(
+        "status {} (the broken channel failed over invisibly)",
+        response.status()
+    );
 
     let mut body = response.into_body();
     let mut parser = SseParser::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         parser.push(&data);
         while let Some(event) = parser.next_event()? {
             if event.is_done() {

@@ -31,7 +31,10 @@ fn table(n: usize) -> RoutingTable {
     };
     let config = RelayConfig {
         channels,
-        presets: vec![preset("weighted", Strategy::Weighted), preset("rr", Strategy::RoundRobin)],
+        presets: vec![
+            preset("weighted", Strategy::Weighted),
+            preset("rr", Strategy::RoundRobin),
+        ],
         ..RelayConfig::default()
     };
     RoutingTable::build(&config, &relay_adapters::default_registry(), None).unwrap()
@@ -56,7 +59,9 @@ fn select(c: &mut Criterion) {
     group.bench_function("weighted_3_failed", |b| {
         b.iter(|| black_box(route.select(&t.board, &skip).map(|c| c.id().len())))
     });
-    group.bench_function("resolve_preset", |b| b.iter(|| black_box(t.resolve(black_box("weighted")).is_some())));
+    group.bench_function("resolve_preset", |b| {
+        b.iter(|| black_box(t.resolve(black_box("weighted")).is_some()))
+    });
     group.finish();
 }
 

@@ -41,7 +41,10 @@ fn parse(c: &mut Criterion) {
         });
     }
     // CRLF line ends and multi-line data take the slower paths.
-    let crlf: Vec<u8> = String::from_utf8(input.clone()).unwrap().replace('\n', "\r\n").into_bytes();
+    let crlf: Vec<u8> = String::from_utf8(input.clone())
+        .unwrap()
+        .replace('\n', "\r\n")
+        .into_bytes();
     let reads: Vec<Bytes> = crlf.chunks(1_460).map(Bytes::copy_from_slice).collect();
     group.throughput(Throughput::Bytes(crlf.len() as u64));
     group.bench_function("openai_stream_crlf_1460B_reads", |b| {

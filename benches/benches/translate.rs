@@ -13,7 +13,13 @@ const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","con
 fn request_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("openai_request");
     group.bench_function("parse_client_body", |b| {
-        b.iter(|| black_box(OpenAiDialect.parse_request(Operation::Chat, black_box(BODY)).unwrap()))
+        b.iter(|| {
+            black_box(
+                OpenAiDialect
+                    .parse_request(Operation::Chat, black_box(BODY))
+                    .unwrap(),
+            )
+        })
     });
     let req = OpenAiDialect.parse_request(Operation::Chat, BODY).unwrap();
     let registry = relay_adapters::default_registry();
@@ -43,7 +49,10 @@ fn stream_chunk(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(4096);
         b.iter(|| {
             out.clear();
-            let ev = SseEvent { data: chunk.clone(), ..SseEvent::default() };
+            let ev = SseEvent {
+                data: chunk.clone(),
+                ..SseEvent::default()
+            };
             black_box(t.on_event(ev, &mut out).unwrap())
         })
     });

@@ -112,8 +112,20 @@ mod tests {
     fn catalog_is_complete_and_sane() {
         let registry = default_registry();
         for name in [
-            "openai", "deepseek", "qwen", "moonshot", "zhipu", "siliconflow", "openrouter", "groq",
-            "mistral", "together", "ollama", "vllm", "openai-compatible", "mock",
+            "openai",
+            "deepseek",
+            "qwen",
+            "moonshot",
+            "zhipu",
+            "siliconflow",
+            "openrouter",
+            "groq",
+            "mistral",
+            "together",
+            "ollama",
+            "vllm",
+            "openai-compatible",
+            "mock",
         ] {
             assert!(registry.get(name).is_some(), "{name} missing");
         }

@@ -38,21 +38,34 @@ impl KeyStore {
                 (None, Some(hex_digest)) => {
                     let mut d = [0u8; 32];
                     if hex::decode_to_slice(hex_digest.trim(), &mut d).is_err() {
-                        problems.push(format!("key {:?}: key_sha256 must be 64 hex characters", k.name));
+                        problems.push(format!(
+                            "key {:?}: key_sha256 must be 64 hex characters",
+                            k.name
+                        ));
                         continue;
                     }
                     d
                 }
                 _ => {
-                    problems.push(format!("key {:?}: set exactly one of `key` or `key_sha256`", k.name));
+                    problems.push(format!(
+                        "key {:?}: set exactly one of `key` or `key_sha256`",
+                        k.name
+                    ));
                     continue;
                 }
             };
             if by_digest.insert(d, k.name.clone()).is_some() {
-                problems.push(format!("key {:?}: the same key is configured twice", k.name));
+                problems.push(format!(
+                    "key {:?}: the same key is configured twice",
+                    k.name
+                ));
             }
         }
-        if problems.is_empty() { Ok(KeyStore { by_digest }) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(KeyStore { by_digest })
+        } else {
+            Err(problems)
+        }
     }
 
     /// Number of keys.
@@ -70,13 +83,18 @@ impl KeyStore {
         let d = digest(presented);
         let (stored, name) = self.by_digest.get_key_value(&d)?;
         // The map lookup already matched; confirm without an early-exit comparison.
-        bool::from(stored.ct_eq(&d)).then(|| Caller { key_name: name.clone() })
+        bool::from(stored.ct_eq(&d)).then(|| Caller {
+            key_name: name.clone(),
+        })
     }
 }
 
 /// The key a client presented: `Authorization: Bearer`, or `x-api-key`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         let token = v
             .strip_prefix("Bearer ")
@@ -101,8 +119,16 @@ mod tests {
     #[test]
     fn keys_by_clear_text_or_digest() {
         let keys = vec![
-            KeyConfig { name: "a".into(), key: Some("rk-a".into()), key_sha256: None },
-            KeyConfig { name: "b".into(), key: None, key_sha256: Some(hex::encode(digest("rk-b"))) },
+            KeyConfig {
+                name: "a".into(),
+                key: Some("rk-a".into()),
+                key_sha256: None,
+            },
+            KeyConfig {
+                name: "b".into(),
+                key: None,
+                key_sha256: Some(hex::encode(digest("rk-b"))),
+            },
         ];
         let store = KeyStore::from_config(&keys).unwrap();
         assert_eq!(store.check("rk-a").unwrap().key_name, "a");
@@ -114,10 +140,26 @@ mod tests {
     #[test]
     fn bad_key_entries_are_reported() {
         let keys = vec![
-            KeyConfig { name: "x".into(), key: None, key_sha256: Some("zz".into()) },
-            KeyConfig { name: "y".into(), key: None, key_sha256: None },
-            KeyConfig { name: "z1".into(), key: Some("k".into()), key_sha256: None },
-            KeyConfig { name: "z2".into(), key: Some("k".into()), key_sha256: None },
+            KeyConfig {
+                name: "x".into(),
+                key: None,
+                key_sha256: Some("zz".into()),
+            },
+            KeyConfig {
+                name: "y".into(),
+                key: None,
+                key_sha256: None,
+            },
+            KeyConfig {
+                name: "z1".into(),
+                key: Some("k".into()),
+                key_sha256: None,
+            },
+            KeyConfig {
+                name: "z2".into(),
+                key: Some("k".into()),
+                key_sha256: None,
+            },
         ];
         let problems = KeyStore::from_config(&keys).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");

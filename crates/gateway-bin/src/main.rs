@@ -67,10 +67,17 @@ fn init_logs(args: &LogArgs) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi);
     match args.log_format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -86,9 +93,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
-        Command::Serve { config, listen, log } => {
+        Command::Serve {
+            config,
+            listen,
+            log,
+        } => {
             init_logs(&log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -120,7 +134,11 @@ fn check(path: &Path) -> ExitCode {
         problems.extend(p);
     }
     let mut relay = config.relay_config();
-    for ch in relay.channels.iter_mut().filter(|c| c.provider == "mock" && c.base_url.is_none()) {
+    for ch in relay
+        .channels
+        .iter_mut()
+        .filter(|c| c.provider == "mock" && c.base_url.is_none())
+    {
         // The built-in mock gets its URL at start.
         ch.base_url = Some("http://127.0.0.1:1/v1".into());
         ch.allow_private_network = true;
@@ -149,7 +167,9 @@ fn check(path: &Path) -> ExitCode {
 async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> {
     let config = load(&path)?;
     let addr = listen.unwrap_or(config.server.listen);
-    let gateway = Gateway::new(&config, Arc::new(NullSink)).await.map_err(|e| e.to_string())?;
+    let gateway = Gateway::new(&config, Arc::new(NullSink))
+        .await
+        .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -161,7 +181,10 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> 
         "relay-gateway listening on http://{local}"
     );
     spawn_reloader(gateway.clone(), path);
-    gateway.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    gateway
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(unix)]
@@ -179,7 +202,9 @@ fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
             };
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
-                Err(e) => tracing::error!(path = %path.display(), "config reload refused; the previous config keeps serving: {e}"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "config reload refused; the previous config keeps serving: {e}")
+                }
             }
         }
     });

@@ -9,7 +9,10 @@ pub fn error_response(dialect: &dyn ClientDialect, err: &RelayError) -> Response
     let mut resp = Response::new(RelayBody::full(dialect.error_body(err)));
     *resp.status_mut() = err.status_code();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(after) = err.retry_after() {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -23,7 +26,9 @@ pub fn error_response(dialect: &dyn ClientDialect, err: &RelayError) -> Response
 /// A JSON success response.
 pub fn json_response(body: &serde_json::Value) -> Response<RelayBody> {
     let mut resp = Response::new(RelayBody::full(body.to_string()));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

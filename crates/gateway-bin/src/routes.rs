@@ -21,15 +21,25 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> R
     let dialect = gw.openai_dialect();
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => Ok(json_response(&json!({"status": "ok"}))),
-        (&Method::POST, "/v1/chat/completions") => relay(gw, req, Operation::Chat, request_id, received).await,
-        (&Method::POST, "/v1/embeddings") => relay(gw, req, Operation::Embeddings, request_id, received).await,
+        (&Method::POST, "/v1/chat/completions") => {
+            relay(gw, req, Operation::Chat, request_id, received).await
+        }
+        (&Method::POST, "/v1/embeddings") => {
+            relay(gw, req, Operation::Embeddings, request_id, received).await
+        }
         (&Method::GET, "/v1/models") => models(gw, &req),
-        (_, "/healthz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => Err(RelayError::new(
-            ErrorKind::NotFound,
-            Side::Client,
-            format!("Method {} is not allowed on {}.", req.method(), req.uri().path()),
-        )
-        .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+        (_, "/healthz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => {
+            Err(RelayError::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                format!(
+                    "Method {} is not allowed on {}.",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED))
+        }
         (method, path) => Err(RelayError::new(
             ErrorKind::NotFound,
             Side::Client,
@@ -60,8 +70,12 @@ fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Caller, RelayEr
         .with_code("missing_api_key"));
     };
     gw.keys().check(key).ok_or_else(|| {
-        RelayError::new(ErrorKind::Unauthorized, Side::Client, "Incorrect API key provided.")
-            .with_code("invalid_api_key")
+        RelayError::new(
+            ErrorKind::Unauthorized,
+            Side::Client,
+            "Incorrect API key provided.",
+        )
+        .with_code("invalid_api_key")
     })
 }
 
@@ -101,7 +115,11 @@ fn models(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<RelayBody>, 
 
 /// Read the request body: 413 over the limit (by Content-Length up front, or while
 /// reading), 408 when it trickles in too slowly.
-async fn read_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, RelayError> {
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, RelayError> {
     let too_large = || {
         RelayError::new(
             ErrorKind::PayloadTooLarge,
@@ -125,8 +143,15 @@ async fn read_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> R
         )
         .with_status(StatusCode::REQUEST_TIMEOUT)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(RelayError::bad_request(format!("Reading the request body failed: {e}"))),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(RelayError::bad_request(format!(
+            "Reading the request body failed: {e}"
+        ))),
     }
 }
 

@@ -49,7 +49,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("relay", &self.relay).finish()
+        f.debug_struct("Gateway")
+            .field("relay", &self.relay)
+            .finish()
     }
 }
 
@@ -64,7 +66,10 @@ fn builtin_mock_behavior() -> Behavior {
 
 impl Gateway {
     /// Build the gateway from its config, starting built-in mock upstreams as needed.
-    pub async fn new(config: &GatewayConfig, sink: Arc<dyn UsageSink>) -> Result<Arc<Gateway>, StartError> {
+    pub async fn new(
+        config: &GatewayConfig,
+        sink: Arc<dyn UsageSink>,
+    ) -> Result<Arc<Gateway>, StartError> {
         let keys = KeyStore::from_config(&config.keys).map_err(StartError::Keys)?;
         let mocks = Mutex::new(HashMap::new());
         let relay_config = with_builtin_mocks(config.relay_config(), &mocks).await?;
@@ -89,7 +94,9 @@ impl Gateway {
     pub async fn reload(&self, config: &GatewayConfig) -> Result<(), StartError> {
         let keys = KeyStore::from_config(&config.keys).map_err(StartError::Keys)?;
         let relay_config = with_builtin_mocks(config.relay_config(), &self.mocks).await?;
-        self.relay.reload(&relay_config).map_err(|e| StartError::Relay(e.into()))?;
+        self.relay
+            .reload(&relay_config)
+            .map_err(|e| StartError::Relay(e.into()))?;
         self.keys.store(Arc::new(keys));
         Ok(())
     }
@@ -121,7 +128,11 @@ impl Gateway {
 
     /// Serve on `listener` until `shutdown` resolves, then stop accepting and let
     /// in-flight requests and streams finish (up to the drain timeout).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -183,7 +194,11 @@ impl Gateway {
         let task = tokio::spawn(self.serve(listener, async move {
             let _ = rx.await;
         }));
-        Ok(RunningGateway { addr, stop: Some(tx), task })
+        Ok(RunningGateway {
+            addr,
+            stop: Some(tx),
+            task,
+        })
     }
 }
 
@@ -213,8 +228,15 @@ impl RunningGateway {
 
 /// Point `provider = "mock"` channels without a base_url at a built-in mock upstream,
 /// started on loopback (one per channel, kept across reloads).
-async fn with_builtin_mocks(mut config: RelayConfig, mocks: &Mutex<HashMap<String, MockServer>>) -> std::io::Result<RelayConfig> {
-    for ch in config.channels.iter_mut().filter(|c| c.provider == "mock" && c.base_url.is_none()) {
+async fn with_builtin_mocks(
+    mut config: RelayConfig,
+    mocks: &Mutex<HashMap<String, MockServer>>,
+) -> std::io::Result<RelayConfig> {
+    for ch in config
+        .channels
+        .iter_mut()
+        .filter(|c| c.provider == "mock" && c.base_url.is_none())
+    {
         let existing = mocks.lock().get(&ch.id).map(MockServer::base_url);
         let url = match existing {
             Some(url) => url,

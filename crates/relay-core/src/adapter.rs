@@ -55,7 +55,11 @@ pub struct StreamProgress {
 pub trait StreamTranslator: Send + 'static {
     /// Handle one upstream event, appending client bytes to `out`. An `Err` is an
     /// upstream error inside the stream.
-    fn on_event(&mut self, event: SseEvent, out: &mut BytesMut) -> Result<StreamProgress, RelayError>;
+    fn on_event(
+        &mut self,
+        event: SseEvent,
+        out: &mut BytesMut,
+    ) -> Result<StreamProgress, RelayError>;
     /// The upstream ended without a terminal event. Append what a clean end needs, or
     /// return the error that describes the cut.
     fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), RelayError>;
@@ -94,9 +98,16 @@ pub trait Adapter: Send + Sync + 'static {
     /// Classify an upstream error answer (status, headers, at most a capped body).
     fn classify_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> RelayError;
     /// Decode a successful non-streaming answer for the client.
-    fn decode_response(&self, call: &UpstreamCall<'_>, body: Bytes) -> Result<DecodedResponse, RelayError>;
+    fn decode_response(
+        &self,
+        call: &UpstreamCall<'_>,
+        body: Bytes,
+    ) -> Result<DecodedResponse, RelayError>;
     /// A translator for a successful streamed answer.
-    fn stream_translator(&self, call: &UpstreamCall<'_>) -> Result<Box<dyn StreamTranslator>, RelayError>;
+    fn stream_translator(
+        &self,
+        call: &UpstreamCall<'_>,
+    ) -> Result<Box<dyn StreamTranslator>, RelayError>;
 }
 
 #[allow(dead_code)]
@@ -112,7 +123,9 @@ impl std::fmt::Debug for AdapterRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<_> = self.adapters.keys().collect();
         names.sort();
-        f.debug_struct("AdapterRegistry").field("providers", &names).finish()
+        f.debug_struct("AdapterRegistry")
+            .field("providers", &names)
+            .finish()
     }
 }
 

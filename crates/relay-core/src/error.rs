@@ -221,11 +221,23 @@ impl RelayError {
     /// 401, 403 and 404 move on to another channel; other 4xx are the client's fault.
     pub fn upstream_status(status: u16, message: impl Into<String>) -> Self {
         let (kind, side, disposition) = match status {
-            408 | 409 | 500..=599 => (ErrorKind::UpstreamStatus, Side::Upstream, Disposition::Retry),
+            408 | 409 | 500..=599 => (
+                ErrorKind::UpstreamStatus,
+                Side::Upstream,
+                Disposition::Retry,
+            ),
             429 => (ErrorKind::RateLimited, Side::Upstream, Disposition::Retry),
-            401 | 403 | 404 => (ErrorKind::UpstreamStatus, Side::Upstream, Disposition::Failover),
+            401 | 403 | 404 => (
+                ErrorKind::UpstreamStatus,
+                Side::Upstream,
+                Disposition::Failover,
+            ),
             400..=499 => (ErrorKind::BadRequest, Side::Client, Disposition::Fatal),
-            _ => (ErrorKind::UpstreamProtocol, Side::Upstream, Disposition::Failover),
+            _ => (
+                ErrorKind::UpstreamProtocol,
+                Side::Upstream,
+                Disposition::Failover,
+            ),
         };
         let mut err = Self::new(kind, side, message);
         err.disposition = disposition;
@@ -349,7 +361,13 @@ impl RelayError {
 
 impl fmt::Display for RelayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.as_str(), self.side.as_str(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.as_str(),
+            self.side.as_str(),
+            self.message
+        )
     }
 }
 

@@ -38,8 +38,12 @@ pub mod select;
 pub mod sse;
 pub mod usage;
 
-pub use adapter::{Adapter, AdapterRegistry, DecodedResponse, StreamProgress, StreamTranslator, UpstreamCall};
-pub use config::{ChannelConfig, ConfigError, PresetConfig, PresetItem, RelayConfig, Secret, Strategy};
+pub use adapter::{
+    Adapter, AdapterRegistry, DecodedResponse, StreamProgress, StreamTranslator, UpstreamCall,
+};
+pub use config::{
+    ChannelConfig, ConfigError, PresetConfig, PresetItem, RelayConfig, Secret, Strategy,
+};
 pub use dialect::{ClientDialect, DialectId, InboundRequest, JsonObject, Operation};
 pub use engine::{BuildError, Relay, RelayBody, RelayRequest, UpstreamClient};
 pub use error::{Disposition, ErrorKind, RelayError, Side};

@@ -87,7 +87,12 @@ pub struct UsageRecord {
 
 impl UsageRecord {
     /// A record for a request that has not reached any upstream yet.
-    pub fn new(request_id: String, requested_model: String, dialect: DialectId, op: Operation) -> Self {
+    pub fn new(
+        request_id: String,
+        requested_model: String,
+        dialect: DialectId,
+        op: Operation,
+    ) -> Self {
         UsageRecord {
             request_id,
             key_id: None,

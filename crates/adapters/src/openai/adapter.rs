@@ -43,7 +43,8 @@ impl OpenAiAdapter {
         out.push(b'{');
         let mut first = true;
         let mut saw_options = false;
-        let json_err = |e: serde_json::Error| RelayError::internal(format!("encoding the upstream body: {e}"));
+        let json_err =
+            |e: serde_json::Error| RelayError::internal(format!("encoding the upstream body: {e}"));
         for (key, value) in body {
             if !first {
                 out.push(b',');
@@ -55,7 +56,8 @@ impl OpenAiAdapter {
                 "model" => serde_json::to_writer(&mut out, call.model).map_err(json_err)?,
                 "stream_options" if add_usage => {
                     saw_options = true;
-                    let mut opts: Map<String, Value> = serde_json::from_str(value.get()).unwrap_or_default();
+                    let mut opts: Map<String, Value> =
+                        serde_json::from_str(value.get()).unwrap_or_default();
                     opts.insert("include_usage".into(), Value::Bool(true));
                     serde_json::to_writer(&mut out, &opts).map_err(json_err)?;
                 }
@@ -112,17 +114,29 @@ impl Adapter for OpenAiAdapter {
         let mut builder = http::Request::builder()
             .method(Method::POST)
             .uri(format!("{}{}", call.base_url, path))
-            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
             .header(
                 header::ACCEPT,
-                HeaderValue::from_static(if call.request.stream { "text/event-stream" } else { "application/json" }),
+                HeaderValue::from_static(if call.request.stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                }),
             );
         if let Some(key) = call.api_key {
             let mut value = match self.spec.auth {
                 Auth::Bearer => HeaderValue::try_from(format!("Bearer {}", key.expose())),
                 Auth::Header(_) => HeaderValue::try_from(key.expose()),
             }
-            .map_err(|_| RelayError::internal(format!("channel `{}` has a credential that is not a valid header value", call.channel.id)))?;
+            .map_err(|_| {
+                RelayError::internal(format!(
+                    "channel `{}` has a credential that is not a valid header value",
+                    call.channel.id
+                ))
+            })?;
             value.set_sensitive(true);
             builder = match self.spec.auth {
                 Auth::Bearer => builder.header(header::AUTHORIZATION, value),
@@ -133,37 +147,57 @@ impl Adapter for OpenAiAdapter {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let body = self.encode_body(call)?;
-        builder
-            .body(Bytes::from(body))
-            .map_err(|e| RelayError::internal(format!("building the upstream request for `{}`: {e}", call.channel.id)))
+        builder.body(Bytes::from(body)).map_err(|e| {
+            RelayError::internal(format!(
+                "building the upstream request for `{}`: {e}",
+                call.channel.id
+            ))
+        })
     }
 
     fn classify_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> RelayError {
         let code = status.as_u16();
         let message = if matches!(code, 401 | 403) {
             // The upstream's text may quote part of the channel's key: never pass it on.
-            format!("the upstream `{}` refused the channel's credential ({code})", self.spec.name)
+            format!(
+                "the upstream `{}` refused the channel's credential ({code})",
+                self.spec.name
+            )
         } else {
-            format!("upstream `{}` answered {code}: {}", self.spec.name, parse_error_body(body))
+            format!(
+                "upstream `{}` answered {code}: {}",
+                self.spec.name,
+                parse_error_body(body)
+            )
         };
         RelayError::upstream_status(code, message).with_retry_after(parse_retry_after(headers))
     }
 
-    fn decode_response(&self, call: &UpstreamCall<'_>, body: Bytes) -> Result<DecodedResponse, RelayError> {
+    fn decode_response(
+        &self,
+        call: &UpstreamCall<'_>,
+        body: Bytes,
+    ) -> Result<DecodedResponse, RelayError> {
         let peek: ResponsePeek = serde_json::from_slice(&body).map_err(|e| {
             RelayError::new(
                 relay_core::ErrorKind::UpstreamProtocol,
                 relay_core::Side::Upstream,
-                format!("upstream `{}` sent a body that is not valid JSON: {e}", call.channel.id),
+                format!(
+                    "upstream `{}` sent a body that is not valid JSON: {e}",
+                    call.channel.id
+                ),
             )
         })?;
         if peek.error.is_some() && peek.choices.is_none() && peek.data.is_none() {
             // Some providers answer 200 with an error object.
-            return Err(RelayError::upstream_status(502, format!(
-                "upstream `{}` answered 200 with an error: {}",
-                self.spec.name,
-                parse_error_body(&body)
-            )));
+            return Err(RelayError::upstream_status(
+                502,
+                format!(
+                    "upstream `{}` answered 200 with an error: {}",
+                    self.spec.name,
+                    parse_error_body(&body)
+                ),
+            ));
         }
         Ok(DecodedResponse {
             usage: peek.usage.as_ref().map(|u| u.to_usage()),
@@ -172,7 +206,10 @@ impl Adapter for OpenAiAdapter {
         })
     }
 
-    fn stream_translator(&self, call: &UpstreamCall<'_>) -> Result<Box<dyn StreamTranslator>, RelayError> {
+    fn stream_translator(
+        &self,
+        call: &UpstreamCall<'_>,
+    ) -> Result<Box<dyn StreamTranslator>, RelayError> {
         Ok(Box::new(PassthroughStream::new(call.request.include_usage)))
     }
 }
@@ -189,7 +226,9 @@ mod tests {
     }
 
     fn build(name: &str, body: &str) -> http::Request<Bytes> {
-        let req = OpenAiDialect.parse_request(Operation::Chat, body.as_bytes()).unwrap();
+        let req = OpenAiDialect
+            .parse_request(Operation::Chat, body.as_bytes())
+            .unwrap();
         let mut channel = ChannelConfig::new("c1", name);
         channel.headers.insert("x-extra".into(), "1".into());
         let key = Secret::new("sk-test");
@@ -205,7 +244,10 @@ mod tests {
 
     #[test]
     fn fast_path_patches_model_and_keeps_the_rest() {
-        let r = build("openai", r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"seed":7,"x":{"y":[1]}}"#);
+        let r = build(
+            "openai",
+            r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"seed":7,"x":{"y":[1]}}"#,
+        );
         assert_eq!(r.uri(), "https://api.example.com/v1/chat/completions");
         assert_eq!(r.headers()["authorization"], "Bearer sk-test");
         assert!(r.headers()["authorization"].is_sensitive());
@@ -218,7 +260,10 @@ mod tests {
 
     #[test]
     fn streams_ask_for_usage() {
-        let r = build("deepseek", r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"stream":true}"#);
+        let r = build(
+            "deepseek",
+            r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        );
         let v: Value = serde_json::from_slice(r.body()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         let r = build(
@@ -229,7 +274,10 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["stream_options"]["other"], 1);
         // A provider that rejects stream_options does not get it.
-        let r = build("mistral", r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"stream":true}"#);
+        let r = build(
+            "mistral",
+            r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        );
         let v: Value = serde_json::from_slice(r.body()).unwrap();
         assert!(v.get("stream_options").is_none());
     }
@@ -239,13 +287,25 @@ mod tests {
         let a = adapter("openai");
         let mut h = HeaderMap::new();
         h.insert("retry-after", "3".parse().unwrap());
-        let e = a.classify_error(StatusCode::TOO_MANY_REQUESTS, &h, br#"{"error":{"message":"slow down"}}"#);
+        let e = a.classify_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":{"message":"slow down"}}"#,
+        );
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3)));
         assert!(e.message().contains("slow down"));
-        let e = a.classify_error(StatusCode::UNAUTHORIZED, &HeaderMap::new(), br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz"}}"#);
+        let e = a.classify_error(
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz"}}"#,
+        );
         assert!(!e.message().contains("sk-abc"));
-        let e = a.classify_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":{"message":"context too long"}}"#);
+        let e = a.classify_error(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"context too long"}}"#,
+        );
         assert_eq!(e.status_code(), StatusCode::BAD_REQUEST);
         assert!(e.message().contains("context too long"));
     }

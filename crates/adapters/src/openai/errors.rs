@@ -52,7 +52,11 @@ pub fn parse_error_body(body: &[u8]) -> String {
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     let text = text.trim();
-    if text.is_empty() { "(empty body)".to_owned() } else { text.to_owned() }
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        text.to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -32,10 +32,17 @@ impl PassthroughStream {
 }
 
 impl StreamTranslator for PassthroughStream {
-    fn on_event(&mut self, event: SseEvent, out: &mut BytesMut) -> Result<StreamProgress, RelayError> {
+    fn on_event(
+        &mut self,
+        event: SseEvent,
+        out: &mut BytesMut,
+    ) -> Result<StreamProgress, RelayError> {
         if event.is_done() {
             out.extend_from_slice(b"data: [DONE]\n\n");
-            return Ok(StreamProgress { content: true, done: true });
+            return Ok(StreamProgress {
+                content: true,
+                done: true,
+            });
         }
         let chunk: ChunkPeek<'_> = serde_json::from_slice(&event.data).map_err(|e| {
             RelayError::new(
@@ -46,7 +53,10 @@ impl StreamTranslator for PassthroughStream {
         })?;
         if let Some(err) = chunk.error {
             let message = err.message.as_deref().unwrap_or("(no message)");
-            return Err(RelayError::upstream_status(502, format!("the upstream reported an error mid-stream: {message}")));
+            return Err(RelayError::upstream_status(
+                502,
+                format!("the upstream reported an error mid-stream: {message}"),
+            ));
         }
         if let Some(u) = &chunk.usage {
             self.usage = Some(u.to_usage());
@@ -62,7 +72,10 @@ impl StreamTranslator for PassthroughStream {
                 self.finished = true;
             }
             let Some(delta) = &choice.delta else { continue };
-            for text in [&delta.content, &delta.reasoning_content, &delta.refusal].into_iter().flatten() {
+            for text in [&delta.content, &delta.reasoning_content, &delta.refusal]
+                .into_iter()
+                .flatten()
+            {
                 if !text.is_empty() {
                     content = true;
                     self.produced += text.chars().count();
@@ -71,13 +84,17 @@ impl StreamTranslator for PassthroughStream {
             if let Some(calls) = &delta.tool_calls {
                 content |= !calls.is_empty();
                 for f in calls.iter().filter_map(|c| c.function.as_ref()) {
-                    self.produced += f.name.as_deref().map_or(0, str::len) + f.arguments.as_deref().map_or(0, str::len);
+                    self.produced += f.name.as_deref().map_or(0, str::len)
+                        + f.arguments.as_deref().map_or(0, str::len);
                 }
             }
             content |= delta.function_call.is_some();
         }
         encode_event(out, None, &event.data);
-        Ok(StreamProgress { content, done: false })
+        Ok(StreamProgress {
+            content,
+            done: false,
+        })
     }
 
     fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), RelayError> {
@@ -112,16 +129,29 @@ mod tests {
     use bytes::Bytes;
 
     fn ev(data: &str) -> SseEvent {
-        SseEvent { data: Bytes::copy_from_slice(data.as_bytes()), ..Default::default() }
+        SseEvent {
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn role_chunk_is_not_content_but_text_is() {
         let mut t = PassthroughStream::new(false);
         let mut out = BytesMut::new();
-        let p = t.on_event(ev(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#), &mut out).unwrap();
+        let p = t
+            .on_event(
+                ev(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#),
+                &mut out,
+            )
+            .unwrap();
         assert!(!p.content);
-        let p = t.on_event(ev(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#), &mut out).unwrap();
+        let p = t
+            .on_event(
+                ev(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#),
+                &mut out,
+            )
+            .unwrap();
         assert!(p.content);
         let p = t.on_event(ev(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}}]}"#), &mut out).unwrap();
         assert!(p.content);
@@ -135,7 +165,15 @@ mod tests {
         let mut out = BytesMut::new();
         t.on_event(ev(usage), &mut out).unwrap();
         assert!(out.is_empty());
-        assert_eq!(t.usage(), Some(Usage { input_tokens: 5, output_tokens: 7, cached_input_tokens: 2, reasoning_tokens: 0 }));
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 7,
+                cached_input_tokens: 2,
+                reasoning_tokens: 0
+            })
+        );
         let mut t = PassthroughStream::new(true);
         t.on_event(ev(usage), &mut out).unwrap();
         assert_eq!(&out[..], format!("data: {usage}\n\n").as_bytes());
@@ -148,7 +186,11 @@ mod tests {
         assert!(t.on_event(ev("[DONE]"), &mut out).unwrap().done);
         let mut t = PassthroughStream::new(false);
         assert_eq!(t.on_eof(&mut out).unwrap_err().kind(), ErrorKind::StreamCut);
-        t.on_event(ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#), &mut out).unwrap();
+        t.on_event(
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
+            &mut out,
+        )
+        .unwrap();
         assert!(t.on_eof(&mut out).is_ok());
     }
 
@@ -156,7 +198,9 @@ mod tests {
     fn upstream_error_chunk_and_garbage_are_errors() {
         let mut t = PassthroughStream::new(false);
         let mut out = BytesMut::new();
-        let e = t.on_event(ev(r#"{"error":{"message":"overloaded"}}"#), &mut out).unwrap_err();
+        let e = t
+            .on_event(ev(r#"{"error":{"message":"overloaded"}}"#), &mut out)
+            .unwrap_err();
         assert!(e.message().contains("overloaded"));
         assert!(t.on_event(ev("not json"), &mut out).is_err());
     }

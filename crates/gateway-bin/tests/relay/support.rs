@@ -29,12 +29,18 @@ pub async fn gateway(toml_body: &str) -> TestGateway {
     );
     let config = GatewayConfig::parse(&text).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
     let sink = MemorySink::new(1000);
-    let gw = Gateway::new(&config, sink.clone()).await.unwrap_or_else(|e| panic!("gateway: {e}"));
+    let gw = Gateway::new(&config, sink.clone())
+        .await
+        .unwrap_or_else(|e| panic!("gateway: {e}"));
     let running = gw.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(http);
-    TestGateway { running, sink, client }
+    TestGateway {
+        running,
+        sink,
+        client,
+    }
 }
 
 /// A TOML channel block for an OpenAI-compatible upstream at `base_url`.
@@ -64,12 +70,21 @@ impl TestGateway {
         format!("{}{}", self.running.url(), path)
     }
 
-    pub async fn send(&self, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> http::Response<Incoming> {
-        let mut req = http::Request::post(self.url(path)).header("content-type", "application/json");
+    pub async fn send(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let mut req =
+            http::Request::post(self.url(path)).header("content-type", "application/json");
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
         }
-        self.client.request(req.body(Full::new(body.into())).unwrap()).await.unwrap()
+        self.client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
@@ -98,7 +113,11 @@ impl TestGateway {
 pub async fn collect(resp: http::Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// One SSE event as the client saw it, with its arrival time.
@@ -114,10 +133,15 @@ pub async fn read_events(resp: http::Response<Incoming>, start: Instant) -> Vec<
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         parser.push(&data);
         while let Some(ev) = parser.next_event().unwrap() {
-            out.push(Seen { data: String::from_utf8(ev.data.to_vec()).unwrap(), at: start.elapsed() });
+            out.push(Seen {
+                data: String::from_utf8(ev.data.to_vec()).unwrap(),
+                at: start.elapsed(),
+            });
         }
     }
     out
@@ -129,7 +153,11 @@ pub fn text_of(events: &[Seen]) -> String {
         .iter()
         .filter(|e| e.data != "[DONE]")
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 

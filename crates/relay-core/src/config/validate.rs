@@ -33,10 +33,14 @@ impl std::error::Error for ConfigError {}
 pub fn validate_base_url(raw: &str, allow_private: bool) -> Result<(), String> {
     let url = url::Url::parse(raw).map_err(|e| format!("bad base_url {raw:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("bad base_url {raw:?}: scheme must be http or https"));
+        return Err(format!(
+            "bad base_url {raw:?}: scheme must be http or https"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("bad base_url {raw:?}: no query string or fragment allowed"));
+        return Err(format!(
+            "bad base_url {raw:?}: no query string or fragment allowed"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
@@ -126,7 +130,12 @@ impl RelayConfig {
             .channels
             .iter()
             .filter(|c| c.enabled)
-            .flat_map(|c| c.models.iter().chain(c.model_map.keys()).map(String::as_str))
+            .flat_map(|c| {
+                c.models
+                    .iter()
+                    .chain(c.model_map.keys())
+                    .map(String::as_str)
+            })
             .collect();
         models.sort_unstable();
         models.dedup();
@@ -143,7 +152,12 @@ impl RelayConfig {
             }
         }
 
-        check_retry_and_timeouts(&self.defaults.retry, &self.defaults.timeouts, "defaults", &mut problems);
+        check_retry_and_timeouts(
+            &self.defaults.retry,
+            &self.defaults.timeouts,
+            "defaults",
+            &mut problems,
+        );
 
         if problems.is_empty() {
             Ok(())
@@ -210,7 +224,12 @@ impl RelayConfig {
     }
 }
 
-fn check_channel(ch: &ChannelConfig, at: &str, adapters: &AdapterRegistry, problems: &mut Vec<String>) {
+fn check_channel(
+    ch: &ChannelConfig,
+    at: &str,
+    adapters: &AdapterRegistry,
+    problems: &mut Vec<String>,
+) {
     let Some(adapter) = adapters.get(&ch.provider) else {
         problems.push(format!(
             "{at}: unknown provider {:?} (known: {})",
@@ -239,7 +258,9 @@ fn check_channel(ch: &ChannelConfig, at: &str, adapters: &AdapterRegistry, probl
     }
     if let Some(var) = &ch.api_key_env {
         if ch.enabled && std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
-            problems.push(format!("{at}: environment variable {var} (api_key_env) is not set"));
+            problems.push(format!(
+                "{at}: environment variable {var} (api_key_env) is not set"
+            ));
         }
     } else if ch.enabled && adapter.requires_key() && ch.api_keys.is_empty() {
         problems.push(format!(
@@ -269,10 +290,14 @@ fn check_retry_and_timeouts(
         problems.push(format!("{at}: retry.max_attempts must be at least 1"));
     }
     if retry.max_attempts > 20 {
-        problems.push(format!("{at}: retry.max_attempts over 20 is a retry storm, not a policy"));
+        problems.push(format!(
+            "{at}: retry.max_attempts over 20 is a retry storm, not a policy"
+        ));
     }
     if retry.backoff_base_ms > retry.backoff_max_ms {
-        problems.push(format!("{at}: retry.backoff_base_ms is larger than backoff_max_ms"));
+        problems.push(format!(
+            "{at}: retry.backoff_base_ms is larger than backoff_max_ms"
+        ));
     }
     for (name, v) in [
         ("first_byte_ms", t.first_byte_ms),

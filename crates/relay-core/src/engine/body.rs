@@ -37,7 +37,10 @@ enum Kind {
 impl std::fmt::Debug for RelayBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Full(b) => f.debug_tuple("RelayBody::Full").field(&b.as_ref().map(Bytes::len)).finish(),
+            Kind::Full(b) => f
+                .debug_tuple("RelayBody::Full")
+                .field(&b.as_ref().map(Bytes::len))
+                .finish(),
             Kind::Stream(_) => f.write_str("RelayBody::Stream"),
         }
     }
@@ -54,7 +57,9 @@ impl RelayBody {
 
     /// An empty body.
     pub fn empty() -> Self {
-        RelayBody { kind: Kind::Full(None) }
+        RelayBody {
+            kind: Kind::Full(None),
+        }
     }
 
     pub(crate) fn stream(state: StreamState) -> Self {
@@ -68,7 +73,10 @@ impl Body for RelayBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.get_mut().kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => s.poll_next(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
@@ -91,6 +99,20 @@ impl Body for RelayBody {
     }
 }
 
+/// A stream that produced its first content event (or ended): ready to commit.
+pub(crate) struct StartedStream {
+    /// The rest of the upstream body.
+    pub(crate) upstream: Incoming,
+    /// The parser, with any partial event it holds.
+    pub(crate) parser: SseParser,
+    /// The translator, with what it has seen.
+    pub(crate) translator: Box<dyn StreamTranslator>,
+    /// Client bytes held back until the commit.
+    pub(crate) held: BytesMut,
+    /// The terminal event was already seen.
+    pub(crate) done: bool,
+}
+
 /// A committed stream: what was held before the commit, then the live upstream.
 pub(crate) struct StreamState {
     pub(crate) upstream: Incoming,
@@ -108,17 +130,20 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     pub(crate) fn new(
-        upstream: Incoming,
-        parser: SseParser,
-        translator: Box<dyn StreamTranslator>,
-        held: BytesMut,
-        done: bool,
+        started: StartedStream,
         idle: Duration,
         deadline: Instant,
         settlement: Settlement,
         channel: Arc<Channel>,
         board: Arc<HealthBoard>,
     ) -> Self {
+        let StartedStream {
+            upstream,
+            parser,
+            translator,
+            held,
+            done,
+        } = started;
         let mut state = StreamState {
             upstream,
             parser,
@@ -168,7 +193,10 @@ impl StreamState {
                     let err = RelayError::new(
                         ErrorKind::StreamCut,
                         Side::Upstream,
-                        format!("upstream stream failed: {}", super::client::source_chain(&e)),
+                        format!(
+                            "upstream stream failed: {}",
+                            super::client::source_chain(&e)
+                        ),
                     );
                     self.end(Some(err));
                 }
@@ -205,7 +233,10 @@ impl StreamState {
                         self.end(Some(RelayError::new(
                             ErrorKind::IdleTimeout,
                             Side::Upstream,
-                            format!("the upstream stream was silent for {} ms", self.idle.as_millis()),
+                            format!(
+                                "the upstream stream was silent for {} ms",
+                                self.idle.as_millis()
+                            ),
                         )));
                         continue;
                     }
@@ -281,5 +312,9 @@ impl Drop for StreamState {
 }
 
 fn protocol_error(e: crate::sse::SseError) -> RelayError {
-    RelayError::new(ErrorKind::UpstreamProtocol, Side::Upstream, format!("bad upstream event stream: {e}"))
+    RelayError::new(
+        ErrorKind::UpstreamProtocol,
+        Side::Upstream,
+        format!("bad upstream event stream: {e}"),
+    )
 }

@@ -56,13 +56,24 @@ impl UpstreamClient {
     }
 
     /// Send one request; connect failures and I/O errors become retryable relay errors.
-    pub async fn send(&self, req: http::Request<Bytes>) -> Result<http::Response<Incoming>, RelayError> {
+    pub async fn send(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<Incoming>, RelayError> {
         let req = req.map(Full::new);
         self.inner.request(req).await.map_err(|e| {
             if e.is_connect() {
-                RelayError::new(ErrorKind::Connect, Side::Upstream, format!("cannot connect to upstream: {}", source_chain(&e)))
+                RelayError::new(
+                    ErrorKind::Connect,
+                    Side::Upstream,
+                    format!("cannot connect to upstream: {}", source_chain(&e)),
+                )
             } else {
-                RelayError::new(ErrorKind::UpstreamIo, Side::Upstream, format!("upstream connection failed: {}", source_chain(&e)))
+                RelayError::new(
+                    ErrorKind::UpstreamIo,
+                    Side::Upstream,
+                    format!("upstream connection failed: {}", source_chain(&e)),
+                )
             }
         })
     }

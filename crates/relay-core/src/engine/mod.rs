@@ -20,9 +20,9 @@ use tokio::time::timeout_at;
 pub use body::RelayBody;
 pub use client::UpstreamClient;
 
-use self::body::StreamState;
+use self::body::{StartedStream, StreamState};
 use self::settle::Settlement;
-use crate::adapter::{AdapterRegistry, DecodedResponse, StreamTranslator, UpstreamCall};
+use crate::adapter::{AdapterRegistry, DecodedResponse, UpstreamCall};
 use crate::config::{ConfigError, RelayConfig, RetryPolicy};
 use crate::dialect::InboundRequest;
 use crate::error::{Disposition, ErrorKind, RelayError, Side};
@@ -125,20 +125,16 @@ struct Inner {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("adapters", &self.inner.adapters).finish()
+        f.debug_struct("Relay")
+            .field("adapters", &self.inner.adapters)
+            .finish()
     }
 }
 
 /// A successful attempt, before the response is built.
 enum Answer {
     Full(DecodedResponse),
-    Stream {
-        upstream: Incoming,
-        parser: SseParser,
-        translator: Box<dyn StreamTranslator>,
-        held: BytesMut,
-        done: bool,
-    },
+    Stream(StartedStream),
 }
 
 impl Relay {
@@ -175,7 +171,12 @@ impl Relay {
     /// stream ends or is dropped) handed to the sink.
     pub async fn handle(&self, req: RelayRequest) -> Result<http::Response<RelayBody>, RelayError> {
         let inbound = &req.inbound;
-        let mut record = UsageRecord::new(req.request_id.clone(), inbound.model.clone(), inbound.dialect, inbound.op);
+        let mut record = UsageRecord::new(
+            req.request_id.clone(),
+            inbound.model.clone(),
+            inbound.dialect,
+            inbound.op,
+        );
         record.key_id = req.key_id.clone();
         record.stream = inbound.stream;
         let mut settlement = Settlement::new(
@@ -190,7 +191,9 @@ impl Relay {
             Some(preset) => self.run(&table, preset, inbound, &mut settlement).await,
         };
         match result {
-            Ok((answer, channel, timeouts_idle, deadline)) => Ok(self.respond(answer, settlement, channel, &table, timeouts_idle, deadline)),
+            Ok((answer, channel, timeouts_idle, deadline)) => {
+                Ok(self.respond(answer, settlement, channel, &table, timeouts_idle, deadline))
+            }
             Err(err) => {
                 settlement.fail(&err);
                 Err(err)
@@ -212,22 +215,13 @@ impl Relay {
                 settlement.usage_seen = decoded.usage;
                 settlement.finish(crate::usage::Outcome::Ok, None);
                 let mut resp = http::Response::new(RelayBody::full(decoded.body));
-                resp.headers_mut().insert(header::CONTENT_TYPE, decoded.content_type);
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, decoded.content_type);
                 resp
             }
-            Answer::Stream {
-                upstream,
-                parser,
-                translator,
-                held,
-                done,
-            } => {
+            Answer::Stream(started) => {
                 let state = StreamState::new(
-                    upstream,
-                    parser,
-                    translator,
-                    held,
-                    done,
+                    started,
                     idle,
                     deadline.into(),
                     settlement,
@@ -236,7 +230,10 @@ impl Relay {
                 );
                 let mut resp = http::Response::new(RelayBody::stream(state));
                 let h = resp.headers_mut();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
                 resp
@@ -305,7 +302,10 @@ impl Relay {
                     r.upstream_model = Some(model.clone());
                     r.upstream_dialect = Some(channel.adapter.dialect().as_str());
                 }
-                match self.attempt(route, &channel, &model, inbound, deadline).await {
+                match self
+                    .attempt(route, &channel, &model, inbound, deadline)
+                    .await
+                {
                     Ok(answer) => return Ok((answer, channel, route.timeouts.idle(), deadline)),
                     Err(err) => {
                         tracing::warn!(
@@ -335,7 +335,10 @@ impl Relay {
         }
         Err(match last_err {
             Some(err) if attempts > 1 => {
-                let msg = format!("all {attempts} upstream attempts failed; last: {}", err.message());
+                let msg = format!(
+                    "all {attempts} upstream attempts failed; last: {}",
+                    err.message()
+                );
                 err.with_message(msg)
             }
             Some(err) => err,
@@ -374,14 +377,20 @@ impl Relay {
                 return Err(RelayError::new(
                     ErrorKind::FirstByteTimeout,
                     Side::Upstream,
-                    format!("no response head from `{}` within {} ms", channel.id(), route.timeouts.first_byte_ms),
+                    format!(
+                        "no response head from `{}` within {} ms",
+                        channel.id(),
+                        route.timeouts.first_byte_ms
+                    ),
                 ));
             }
         };
         let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
             let limit = (Instant::now() + Duration::from_secs(5)).min(deadline);
-            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit).await.unwrap_or_default();
+            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit)
+                .await
+                .unwrap_or_default();
             return Err(adapter.classify_error(parts.status, &parts.headers, &bytes));
         }
         channel.health.on_success(sent.elapsed());
@@ -398,7 +407,9 @@ impl Relay {
             .is_some_and(|v| v.contains("text/event-stream"));
         if !is_sse {
             let limit = (Instant::now() + Duration::from_secs(5)).min(deadline);
-            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit).await.unwrap_or_default();
+            let bytes = read_capped(body, ERROR_BODY_LIMIT, limit)
+                .await
+                .unwrap_or_default();
             return Err(RelayError::new(
                 ErrorKind::UpstreamProtocol,
                 Side::Upstream,
@@ -409,7 +420,8 @@ impl Relay {
                 ),
             ));
         }
-        self.hold_until_content(route, channel, &call, body, sent, deadline).await
+        self.hold_until_content(route, channel, &call, body, sent, deadline)
+            .await
     }
 
     /// Read the stream until its first content event (or its end), holding every byte
@@ -435,40 +447,73 @@ impl Relay {
                     return Err(RelayError::new(
                         ErrorKind::FirstTokenTimeout,
                         Side::Upstream,
-                        format!("no content from `{}` within {} ms", channel.id(), route.timeouts.first_token_ms),
+                        format!(
+                            "no content from `{}` within {} ms",
+                            channel.id(),
+                            route.timeouts.first_token_ms
+                        ),
                     ));
                 }
                 Ok(None) => {
                     // Ended before any content: a clean end only if the translator agrees.
                     while let Some(event) = parser.finish().map_err(sse_error)? {
                         if translator.on_event(event, &mut held)?.done {
-                            return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                            return Ok(Answer::Stream(StartedStream {
+                                upstream: body,
+                                parser,
+                                translator,
+                                held,
+                                done: true,
+                            }));
                         }
                     }
                     translator.on_eof(&mut held)?;
-                    return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                    return Ok(Answer::Stream(StartedStream {
+                        upstream: body,
+                        parser,
+                        translator,
+                        held,
+                        done: true,
+                    }));
                 }
                 Ok(Some(Err(e))) => {
                     return Err(RelayError::new(
                         ErrorKind::UpstreamIo,
                         Side::Upstream,
-                        format!("upstream stream failed before any content: {}", client::source_chain(&e)),
+                        format!(
+                            "upstream stream failed before any content: {}",
+                            client::source_chain(&e)
+                        ),
                     ));
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             parser.push_bytes(data);
             let mut content = false;
             while let Some(event) = parser.next_event().map_err(sse_error)? {
                 let progress = translator.on_event(event, &mut held)?;
                 if progress.done {
-                    return Ok(Answer::Stream { upstream: body, parser, translator, held, done: true });
+                    return Ok(Answer::Stream(StartedStream {
+                        upstream: body,
+                        parser,
+                        translator,
+                        held,
+                        done: true,
+                    }));
                 }
                 content |= progress.content;
             }
             if content {
-                return Ok(Answer::Stream { upstream: body, parser, translator, held, done: false });
+                return Ok(Answer::Stream(StartedStream {
+                    upstream: body,
+                    parser,
+                    translator,
+                    held,
+                    done: false,
+                }));
             }
             if held.len() > HELD_LIMIT {
                 return Err(RelayError::new(
@@ -501,17 +546,29 @@ fn backoff(policy: &RetryPolicy, round: u32, err: &RelayError) -> Option<Duratio
         .backoff_base_ms
         .saturating_mul(1u64 << round.min(20))
         .min(policy.backoff_max_ms);
-    let ms = if ceiling == 0 { 0 } else { rand::rng().random_range(ceiling / 2..=ceiling) };
+    let ms = if ceiling == 0 {
+        0
+    } else {
+        rand::rng().random_range(ceiling / 2..=ceiling)
+    };
     Some(Duration::from_millis(ms))
 }
 
 fn total_timeout() -> RelayError {
-    RelayError::new(ErrorKind::TotalTimeout, Side::Upstream, "the request exceeded its total time limit")
-        .with_disposition(Disposition::Fatal)
+    RelayError::new(
+        ErrorKind::TotalTimeout,
+        Side::Upstream,
+        "the request exceeded its total time limit",
+    )
+    .with_disposition(Disposition::Fatal)
 }
 
 fn sse_error(e: crate::sse::SseError) -> RelayError {
-    RelayError::new(ErrorKind::UpstreamProtocol, Side::Upstream, format!("bad upstream event stream: {e}"))
+    RelayError::new(
+        ErrorKind::UpstreamProtocol,
+        Side::Upstream,
+        format!("bad upstream event stream: {e}"),
+    )
 }
 
 async fn read_capped(body: Incoming, limit: usize, deadline: Instant) -> Result<Bytes, RelayError> {
@@ -519,7 +576,9 @@ async fn read_capped(body: Incoming, limit: usize, deadline: Instant) -> Result<
         Err(_) => Err(total_timeout()),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(RelayError::new(
                     ErrorKind::UpstreamProtocol,
                     Side::Upstream,

@@ -22,7 +22,12 @@ pub(crate) struct Settlement {
 }
 
 impl Settlement {
-    pub(crate) fn new(record: UsageRecord, sink: Arc<dyn UsageSink>, started: Instant, prompt_estimate: u64) -> Self {
+    pub(crate) fn new(
+        record: UsageRecord,
+        sink: Arc<dyn UsageSink>,
+        started: Instant,
+        prompt_estimate: u64,
+    ) -> Self {
         Settlement {
             record: Some(record),
             sink,
@@ -80,7 +85,13 @@ impl Settlement {
     }
 }
 
-fn apply_usage(r: &mut UsageRecord, usage: Option<Usage>, produced_chars: usize, prompt_estimate: u64, outcome: Outcome) {
+fn apply_usage(
+    r: &mut UsageRecord,
+    usage: Option<Usage>,
+    produced_chars: usize,
+    prompt_estimate: u64,
+    outcome: Outcome,
+) {
     match usage {
         Some(u) => r.usage = u,
         None => {

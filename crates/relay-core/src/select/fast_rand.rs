@@ -37,6 +37,9 @@ mod tests {
             assert!(v < 7);
             seen[v as usize] += 1;
         }
-        assert!(seen.iter().all(|&c| (9_000..11_000).contains(&c)), "{seen:?}");
+        assert!(
+            seen.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{seen:?}"
+        );
     }
 }

@@ -75,7 +75,11 @@ impl Health {
         }
         let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
         self.latency_ewma_us.store(new, Ordering::Relaxed);
     }
 

@@ -47,7 +47,9 @@ impl Channel {
         match self.keys.len() {
             0 => None,
             1 => self.keys.first(),
-            n => self.keys.get(self.key_cursor.fetch_add(1, Ordering::Relaxed) % n),
+            n => self
+                .keys
+                .get(self.key_cursor.fetch_add(1, Ordering::Relaxed) % n),
         }
     }
 }
@@ -153,7 +155,8 @@ impl Route {
         if open_at.is_none() && skip.is_empty() {
             return self.select_fast();
         }
-        let healthy = |c: &Channel| !skip.contains(c) && !open_at.is_some_and(|now| c.health.is_open(now));
+        let healthy =
+            |c: &Channel| !skip.contains(c) && !open_at.is_some_and(|now| c.health.is_open(now));
         self.select_by(&healthy)
             .or_else(|| self.select_by(&|c: &Channel| !skip.contains(c)))
     }
@@ -311,7 +314,9 @@ impl RoutingTable {
                 item.strategy,
                 targets,
                 item.retry.clone().unwrap_or_else(|| defaults.retry.clone()),
-                item.timeouts.clone().unwrap_or_else(|| defaults.timeouts.clone()),
+                item.timeouts
+                    .clone()
+                    .unwrap_or_else(|| defaults.timeouts.clone()),
             )
         };
 
@@ -424,10 +429,17 @@ mod tests {
         fn classify_error(&self, s: StatusCode, _: &HeaderMap, _: &[u8]) -> RelayError {
             RelayError::upstream_status(s.as_u16(), "x")
         }
-        fn decode_response(&self, _: &UpstreamCall<'_>, _: Bytes) -> Result<DecodedResponse, RelayError> {
+        fn decode_response(
+            &self,
+            _: &UpstreamCall<'_>,
+            _: Bytes,
+        ) -> Result<DecodedResponse, RelayError> {
             Err(RelayError::internal("unused"))
         }
-        fn stream_translator(&self, _: &UpstreamCall<'_>) -> Result<Box<dyn StreamTranslator>, RelayError> {
+        fn stream_translator(
+            &self,
+            _: &UpstreamCall<'_>,
+        ) -> Result<Box<dyn StreamTranslator>, RelayError> {
             Err(RelayError::internal("unused"))
         }
     }
@@ -493,14 +505,24 @@ mod tests {
     #[test]
     fn priority_tiers_and_skipping() {
         let config = RelayConfig {
-            channels: vec![channel("low", 5, 0), channel("high1", 1, 10), channel("high2", 1, 10)],
+            channels: vec![
+                channel("low", 5, 0),
+                channel("high1", 1, 10),
+                channel("high2", 1, 10),
+            ],
             ..Default::default()
         };
         let table = RoutingTable::build(&config, &registry(), None).unwrap();
         let route = &table.resolve("m").unwrap().items[0];
         let mut skip = ChannelSet::default();
         for _ in 0..200 {
-            assert!(route.select(&table.board, &skip).unwrap().id().starts_with("high"));
+            assert!(
+                route
+                    .select(&table.board, &skip)
+                    .unwrap()
+                    .id()
+                    .starts_with("high")
+            );
         }
         skip.insert(table.channel("high1").unwrap());
         assert_eq!(route.select(&table.board, &skip).unwrap().id(), "high2");
@@ -547,7 +569,13 @@ mod tests {
         }
         let route = &table.resolve("m").unwrap().items[0];
         for _ in 0..100 {
-            assert_eq!(route.select(&table.board, &ChannelSet::default()).unwrap().id(), "b");
+            assert_eq!(
+                route
+                    .select(&table.board, &ChannelSet::default())
+                    .unwrap()
+                    .id(),
+                "b"
+            );
         }
         // With b excluded, the open channel is still better than nothing.
         let mut skip = ChannelSet::default();
@@ -588,10 +616,16 @@ mod tests {
         let err = RoutingTable::build(&config, &registry(), None).unwrap_err();
         let all = err.problems.join("\n");
         assert!(all.contains("channel \"a\": duplicate channel id"), "{all}");
-        assert!(all.contains("preset \"p\", item 1: unknown channel \"ghost\""), "{all}");
+        assert!(
+            all.contains("preset \"p\", item 1: unknown channel \"ghost\""),
+            "{all}"
+        );
         assert!(all.contains("channel \"u\": bad base_url"), "{all}");
         assert!(all.contains("channel \"e\": empty model list"), "{all}");
         assert!(all.contains("every channel has weight 0"), "{all}");
-        assert!(all.contains("model \"m\": every channel serving it has weight 0"), "{all}");
+        assert!(
+            all.contains("model \"m\": every channel serving it has weight 0"),
+            "{all}"
+        );
     }
 }

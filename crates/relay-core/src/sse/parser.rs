@@ -179,7 +179,11 @@ impl SseParser {
         }
         let (name, value) = match memchr::memchr(b':', &line) {
             Some(i) => {
-                let value_start = if line.get(i + 1) == Some(&b' ') { i + 2 } else { i + 1 };
+                let value_start = if line.get(i + 1) == Some(&b' ') {
+                    i + 2
+                } else {
+                    i + 1
+                };
                 (line.slice(..i), line.slice(value_start..))
             }
             None => (line.clone(), Bytes::new()),
@@ -191,15 +195,11 @@ impl SseParser {
         match &name[..] {
             b"data" => self.push_data(value),
             b"event" => self.event = Some(value),
-            b"id" => {
-                if memchr::memchr(0, &value).is_none() {
-                    self.id = Some(value);
-                }
-            }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok());
-                }
+            b"id" if memchr::memchr(0, &value).is_none() => self.id = Some(value),
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok());
             }
             _ => {}
         }
@@ -286,12 +286,16 @@ mod tests {
         let want = vec![ev(None, "a"), ev(Some("x"), "b")];
         assert_eq!(parse_all(&[b"data: a\n\nevent: x\ndata: b\n\n"]), want);
         assert_eq!(parse_all(&[b"data: a\r\revent: x\rdata: b\r\r"]), want);
-        assert_eq!(parse_all(&[b"data: a\r\n\r\nevent: x\r\ndata: b\r\n\r\n"]), want);
+        assert_eq!(
+            parse_all(&[b"data: a\r\n\r\nevent: x\r\ndata: b\r\n\r\n"]),
+            want
+        );
     }
 
     #[test]
     fn comments_multiline_and_fields() {
-        let input = b": keep-alive\n\ndata: one\ndata:two\ndata\nid: 7\nretry: 1500\nunknown: z\n\n";
+        let input =
+            b": keep-alive\n\ndata: one\ndata:two\ndata\nid: 7\nretry: 1500\nunknown: z\n\n";
         let got = parse_all(&[input]);
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].data[..], b"one\ntwo\n");
