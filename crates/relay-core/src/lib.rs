@@ -29,6 +29,7 @@
 //! - [`error`]: the one error type.
 
 pub mod adapter;
+pub mod codec;
 pub mod config;
 pub mod dialect;
 pub mod engine;

@@ -2,6 +2,7 @@
 //! every OpenAI-compatible provider, and the typed wire structs.
 
 mod adapter;
+mod codec;
 mod dialect;
 mod errors;
 mod peek;
@@ -9,6 +10,7 @@ mod stream;
 pub mod wire;
 
 pub use adapter::OpenAiAdapter;
+pub use codec::OpenAiCodec;
 pub use dialect::OpenAiDialect;
 pub use errors::{error_body, parse_error_body};
 pub use stream::PassthroughStream;
