@@ -15,12 +15,14 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 pub struct Behavior {
     /// Delay before the response head is sent (default 0).
     pub latency: Duration,
-    /// Completion tokens; a stream carries one content chunk per token (default 16).
+    /// Completion tokens; a stream carries one content chunk (OpenAI chunk,
+    /// Anthropic `text_delta`, Gemini chunk) per token (default 16).
     pub tokens: u32,
     /// Pause between stream content chunks (default 0).
     pub chunk_interval: Duration,
-    /// Fault: answer with this HTTP status (400..=599) and an OpenAI error
-    /// JSON body. Values outside 400..=599 are ignored.
+    /// Fault: answer with this HTTP status (400..=599) and an error JSON
+    /// body in the route's dialect (OpenAI, Anthropic or Gemini). Values
+    /// outside 400..=599 are ignored.
     pub status: Option<u16>,
     /// `Retry-After` header value sent along with `status`.
     pub retry_after: Option<String>,
@@ -29,18 +31,25 @@ pub struct Behavior {
     /// 0 means every request gets `status`.
     pub fail_first: u32,
     /// Streaming: after N content chunks, close the connection abruptly (no
-    /// finish chunk, no `[DONE]`, no clean end of the chunked body).
+    /// clean end of the chunked body). The answer never finishes: no OpenAI
+    /// finish chunk or `[DONE]`, no Anthropic `message_delta`/`message_stop`,
+    /// no Gemini `finishReason` chunk, even when it has N chunks or fewer.
     pub cut_after: Option<u32>,
     /// Sleep before sending anything, response head included.
     pub stall: Option<Duration>,
-    /// Streaming: send the head and the role chunk, then sleep this long
-    /// before the first content chunk.
+    /// Streaming: send the head (and OpenAI's role chunk, or Anthropic's
+    /// `message_start`), then sleep this long before the rest.
     pub stall_first_token: Option<Duration>,
-    /// When the request carries `tools`: answer with this many parallel tool
-    /// calls instead of text (default 1); 0 always answers with text.
+    /// When the request declares tools (OpenAI `tools`, Anthropic `tools`,
+    /// Gemini `functionDeclarations`): answer with this many parallel tool
+    /// calls instead of text (default 1), unless the last message carries a
+    /// tool result; 0 always answers with text.
     pub tool_calls: u32,
-    /// Include usage in JSON responses, and in streams when the request asked
-    /// for `stream_options.include_usage` (default true).
+    /// Include usage in JSON responses (OpenAI `usage`, Anthropic `usage`,
+    /// Gemini `usageMetadata`), and in OpenAI streams when the request asked
+    /// for `stream_options.include_usage` (default true). When false,
+    /// Anthropic streams still carry the usage objects their schema
+    /// requires, with zero counts.
     pub send_usage: bool,
     /// Model name echoed in responses (default: the request's model).
     pub model: Option<String>,

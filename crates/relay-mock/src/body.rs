@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
-use crate::render::Frames;
+use crate::render::{ContentFrames, Frames};
 
 /// The response body type of every mock response.
 #[derive(Debug)]
@@ -69,18 +69,22 @@ pub(crate) struct Pacing {
     pub(crate) cut_after: Option<u32>,
 }
 
-/// A pre-rendered SSE stream handed out one frame at a time.
+/// A pre-rendered stream (SSE in every dialect, or Gemini's streamed JSON
+/// array) handed out one frame at a time.
 ///
 /// Every frame is a zero-copy slice of one buffer. Dropping the body before
-/// the `[DONE]` frame was produced counts the stream as cancelled.
+/// the last frame (`[DONE]`, `message_stop`, Gemini's final chunk) was
+/// produced counts the stream as cancelled.
 #[derive(Debug)]
 pub(crate) struct SseBody {
     data: Bytes,
     ends: Vec<usize>,
     /// Index of the next frame to produce.
     next: usize,
-    /// Index of the finish frame; frames `1..finish` are content frames.
-    finish: usize,
+    /// Which frames are content frames.
+    content: ContentFrames,
+    /// Index of the frame `stall_first_token` delays.
+    first_token: usize,
     /// Frame index at which the stream is cut instead.
     cut_at: Option<usize>,
     pacing: Pacing,
@@ -88,7 +92,7 @@ pub(crate) struct SseBody {
     delay_done: bool,
     sleep: Option<Pin<Box<Sleep>>>,
     sleep_armed: bool,
-    /// `[DONE]` was produced or the stream was cut: not a cancellation.
+    /// The last frame was produced or the stream was cut: not a cancellation.
     ended: bool,
     shared: Arc<Shared>,
     /// The connection's cut flag (see [`CutStream`](crate::conn::CutStream)).
@@ -103,14 +107,13 @@ impl SseBody {
         cut: Arc<AtomicBool>,
     ) -> SseBody {
         shared.stats.streams_started.fetch_add(1, Ordering::Relaxed);
-        let cut_at = pacing
-            .cut_after
-            .map(|n| (1 + n as usize).min(frames.finish));
+        let cut_at = pacing.cut_after.map(|n| frames.cut_index(n));
         SseBody {
             data: Bytes::from(frames.data),
             ends: frames.ends,
             next: 0,
-            finish: frames.finish,
+            content: frames.content,
+            first_token: frames.first_token,
             cut_at,
             pacing,
             delay_done: false,
@@ -124,13 +127,14 @@ impl SseBody {
 
     /// The pause owed before frame `i`.
     fn delay_before(&self, i: usize) -> Duration {
-        if i == 1 {
-            self.pacing.stall_first_token
-        } else if i >= 2 && i < self.finish {
-            self.pacing.chunk_interval
-        } else {
-            Duration::ZERO
+        let mut delay = Duration::ZERO;
+        if i == self.first_token {
+            delay += self.pacing.stall_first_token;
         }
+        if self.content.is_later(i) {
+            delay += self.pacing.chunk_interval;
+        }
+        delay
     }
 
     fn poll_next(

@@ -1,4 +1,6 @@
-//! Request handling: recording, faults, routing and the OpenAI endpoints.
+//! Request handling: recording, faults, routing, the OpenAI endpoints and
+//! the helpers the other dialects ([`crate::anthropic`], [`crate::gemini`])
+//! share.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,8 +17,8 @@ use serde_json::Value;
 
 use crate::behavior::Plan;
 use crate::body::{MockBody, Pacing, SseBody};
-use crate::render::{self, Answer, Meta, ToolCall};
-use crate::{RecordedRequest, Shared};
+use crate::render::{self, Answer, Frames, Meta, ToolCall};
+use crate::{RecordedRequest, Shared, anthropic, gemini};
 
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -26,11 +28,59 @@ const MAX_DIMENSIONS: u64 = 65_536;
 const MODELS_JSON: &[u8] =
     br#"{"object":"list","data":[{"id":"mock-model","object":"model","created":0,"owned_by":"relay-mock"}]}"#;
 
-static JSON: HeaderValue = HeaderValue::from_static("application/json");
-static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+pub(crate) static JSON: HeaderValue = HeaderValue::from_static("application/json");
+pub(crate) static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 static NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 
-fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<MockBody> {
+/// The API family a request path belongs to; decides the error body shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// OpenAI: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models` and
+    /// every unknown path.
+    OpenAi,
+    /// Anthropic Messages: `/v1/messages` and below.
+    Anthropic,
+    /// Gemini: `/v1beta/...`, and `/v1/models/{model}:{method}`.
+    Gemini,
+}
+
+impl Dialect {
+    pub(crate) fn of(path: &str) -> Dialect {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else if path.starts_with("/v1beta/")
+            || (path.starts_with("/v1/models/") && path.contains(':'))
+        {
+            Dialect::Gemini
+        } else {
+            Dialect::OpenAi
+        }
+    }
+
+    /// The body of an injected fault with status `status`.
+    fn fault_body(self, status: StatusCode, retry_after: Option<&HeaderValue>) -> Vec<u8> {
+        match self {
+            Dialect::OpenAi => render::fault_body(status),
+            Dialect::Anthropic => anthropic::fault_body(status),
+            Dialect::Gemini => gemini::fault_body(status, retry_after),
+        }
+    }
+
+    /// An error response with the dialect's usual error type for `status`.
+    fn error(self, status: StatusCode, message: &str) -> Response<MockBody> {
+        let body = match self {
+            Dialect::OpenAi => render::error_body(message, "invalid_request_error", None),
+            Dialect::Anthropic => {
+                anthropic::error_body(anthropic::error_type(status.as_u16()), message)
+            }
+            Dialect::Gemini => gemini::error_body(status.as_u16(), message),
+        };
+        json_response(status, body)
+    }
+}
+
+/// A complete JSON response.
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<MockBody> {
     let mut resp = Response::new(MockBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, JSON.clone());
@@ -58,22 +108,20 @@ pub(crate) async fn handle(
 ) -> Result<Response<MockBody>, Infallible> {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    let dialect = Dialect::of(parts.uri.path());
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            return Ok(json_response(
+            return Ok(dialect.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                render::error_body(
-                    &format!("could not read the request body: {e}"),
-                    "invalid_request_error",
-                    None,
-                ),
+                &format!("could not read the request body: {e}"),
             ));
         }
     };
     shared.record(RecordedRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
@@ -90,7 +138,10 @@ pub(crate) async fn handle(
         let n = state.served.fetch_add(1, Ordering::Relaxed);
         let fail_first = u64::from(state.behavior.fail_first);
         if fail_first == 0 || n < fail_first {
-            let mut resp = json_response(status, render::fault_body(status));
+            let mut resp = json_response(
+                status,
+                dialect.fault_body(status, plan.retry_after.as_ref()),
+            );
             if let Some(retry_after) = plan.retry_after.clone() {
                 resp.headers_mut().insert(RETRY_AFTER, retry_after);
             }
@@ -98,11 +149,38 @@ pub(crate) async fn handle(
         }
     }
 
-    let resp = match (&parts.method, parts.uri.path()) {
+    let path = parts.uri.path();
+    let resp = match (&parts.method, path) {
         (&Method::POST, "/v1/chat/completions") => chat(&shared, cut, &plan, &body),
         (&Method::POST, "/v1/embeddings") => embeddings(&plan, &body),
         (&Method::GET, "/v1/models") => models(&plan),
-        (method, path) => json_response(
+        (&Method::POST, "/v1/messages") => anthropic::messages(&shared, cut, &plan, &body),
+        (&Method::POST, "/v1/messages/count_tokens") => anthropic::count_tokens(&body),
+        (&Method::POST, _) if dialect == Dialect::Gemini => {
+            match (gemini::route(path), parts.uri.query()) {
+                (Some((model, "generateContent")), _) => {
+                    gemini::generate(&shared, cut, &plan, model, &body, gemini::Mode::Json)
+                }
+                (Some((model, "streamGenerateContent")), query) => {
+                    let mode = if query.is_some_and(gemini::wants_sse) {
+                        gemini::Mode::Sse
+                    } else {
+                        gemini::Mode::Array
+                    };
+                    gemini::generate(&shared, cut, &plan, model, &body, mode)
+                }
+                (Some((_, "countTokens")), _) => gemini::count_tokens(&body),
+                _ => not_found(dialect, &parts.method, path),
+            }
+        }
+        (method, path) => not_found(dialect, method, path),
+    };
+    Ok(resp)
+}
+
+fn not_found(dialect: Dialect, method: &Method, path: &str) -> Response<MockBody> {
+    match dialect {
+        Dialect::OpenAi => json_response(
             StatusCode::NOT_FOUND,
             render::error_body(
                 &format!("Unknown request URL: {method} {path}. Please check the URL for typos."),
@@ -110,8 +188,36 @@ pub(crate) async fn handle(
                 Some("unknown_url"),
             ),
         ),
+        Dialect::Anthropic | Dialect::Gemini => dialect.error(
+            StatusCode::NOT_FOUND,
+            &format!("Not found: {method} {path}"),
+        ),
+    }
+}
+
+/// A paced streaming response of `frames`, counted in the stream stats.
+pub(crate) fn stream_response(
+    shared: &Arc<Shared>,
+    cut: Arc<AtomicBool>,
+    plan: &Plan<'_>,
+    frames: Frames,
+    content_type: &HeaderValue,
+) -> Response<MockBody> {
+    let pacing = Pacing {
+        chunk_interval: plan.chunk_interval,
+        stall_first_token: plan.stall_first_token,
+        cut_after: plan.cut_after,
     };
-    Ok(resp)
+    let mut resp = Response::new(MockBody::Sse(SseBody::new(
+        frames,
+        pacing,
+        Arc::clone(shared),
+        cut,
+    )));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, content_type.clone());
+    resp.headers_mut().insert(CACHE_CONTROL, NO_CACHE.clone());
+    resp
 }
 
 fn models(plan: &Plan<'_>) -> Response<MockBody> {
@@ -155,8 +261,9 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// Characters of text in a message `content` (a string or an array of parts).
-fn content_chars(content: &Value) -> usize {
+/// Characters of text in a message `content` (a string or an array of parts
+/// or blocks with a `text` field).
+pub(crate) fn content_chars(content: &Value) -> usize {
     match content {
         Value::String(s) => s.chars().count(),
         Value::Array(parts) => parts
@@ -169,7 +276,7 @@ fn content_chars(content: &Value) -> usize {
 }
 
 /// `ceil(chars / 4)`, at least 1.
-fn tokens_for_chars(chars: usize) -> u64 {
+pub(crate) fn tokens_for_chars(chars: usize) -> u64 {
     (chars as u64).div_ceil(4).max(1)
 }
 
@@ -185,21 +292,27 @@ fn placeholder(schema: Option<&Value>) -> String {
     {
         return first.to_string();
     }
+    // Gemini's OpenAPI-style schemas spell types in upper case ("STRING").
     let ty = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
         Some(Value::Array(types)) => types
             .iter()
             .filter_map(Value::as_str)
-            .find(|t| *t != "null")
+            .find(|t| !t.eq_ignore_ascii_case("null"))
             .unwrap_or("string"),
         _ => "string",
     };
-    match ty {
-        "number" | "integer" => "1",
-        "boolean" => "true",
-        "array" => "[]",
-        "object" => "{}",
-        _ => "\"mock\"",
+    let is = |name: &str| ty.eq_ignore_ascii_case(name);
+    if is("number") || is("integer") {
+        "1"
+    } else if is("boolean") {
+        "true"
+    } else if is("array") {
+        "[]"
+    } else if is("object") {
+        "{}"
+    } else {
+        "\"mock\""
     }
     .to_owned()
 }
@@ -207,12 +320,18 @@ fn placeholder(schema: Option<&Value>) -> String {
 /// The tool call the mock makes for `tool` (an OpenAI `tools[]` entry).
 fn tool_call(tool: &Value) -> ToolCall {
     let function = tool.get("function").unwrap_or(tool);
-    let name = function
+    tool_call_for(function, function.get("parameters"))
+}
+
+/// The tool call the mock makes for a tool declared as `decl` (its `name`
+/// is read, `"mock_tool"` when missing) with JSON-schema `params`: an
+/// object holding a placeholder for every `required` property.
+pub(crate) fn tool_call_for(decl: &Value, params: Option<&Value>) -> ToolCall {
+    let name = decl
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("mock_tool")
         .to_owned();
-    let params = function.get("parameters");
     let properties = params.and_then(|p| p.get("properties"));
     let mut arguments = Vec::with_capacity(64);
     arguments.push(b'{');
@@ -298,21 +417,7 @@ fn chat(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false);
         let frames = render::stream(&meta, &answer, include_usage);
-        let pacing = Pacing {
-            chunk_interval: plan.chunk_interval,
-            stall_first_token: plan.stall_first_token,
-            cut_after: plan.cut_after,
-        };
-        let mut resp = Response::new(MockBody::Sse(SseBody::new(
-            frames,
-            pacing,
-            Arc::clone(shared),
-            cut,
-        )));
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, EVENT_STREAM.clone());
-        resp.headers_mut().insert(CACHE_CONTROL, NO_CACHE.clone());
-        resp
+        stream_response(shared, cut, plan, frames, &EVENT_STREAM)
     } else {
         json_response(
             StatusCode::OK,

@@ -1,4 +1,6 @@
-//! `relay-mock`: an in-tree mock of an OpenAI-compatible upstream.
+//! `relay-mock`: an in-tree mock LLM upstream speaking three API dialects:
+//! OpenAI Chat Completions, Anthropic Messages and Gemini
+//! `generateContent`.
 //!
 //! Relay's integration tests, benchmarks and the gateway quick start use it
 //! as the upstream. It speaks real HTTP/1.1 over TCP (hyper 1, keep-alive,
@@ -6,7 +8,15 @@
 //! into one buffer, so it keeps up with tens of thousands of requests per
 //! second.
 //!
+//! Every dialect answers with the same deterministic words ("Hello from the
+//! relay mock upstream. ..."), one token per word, and counts prompt tokens
+//! as `ceil(chars / 4)` of the request's text. Credentials (`authorization`,
+//! `x-api-key`, `x-goog-api-key`, `?key=`) are never checked, only
+//! recorded (see [`MockServer::requests`]).
+//!
 //! # Routes
+//!
+//! OpenAI (base URL [`MockServer::base_url`], `http://HOST:PORT/v1`):
 //!
 //! * `POST /v1/chat/completions`: JSON completions, SSE streams (with
 //!   `stream_options.include_usage`), and parallel tool calls when the
@@ -15,16 +25,58 @@
 //!   input text (`dimensions` honoured, default 8; `encoding_format:
 //!   "base64"` supported).
 //! * `GET /v1/models`: lists `mock-model`.
-//! * Anything else: 404 with an OpenAI error body.
+//!
+//! Anthropic Messages (base URL [`MockServer::origin`]):
+//!
+//! * `POST /v1/messages`: a `message` object, or with `"stream": true`
+//!   Anthropic's SSE event sequence (`message_start`, `ping`,
+//!   `content_block_start` / `content_block_delta` / `content_block_stop`
+//!   per block, `message_delta`, `message_stop`). `thinking: {"type":
+//!   "enabled"}` adds a leading thinking block (it counts 3 output tokens);
+//!   `tools` (`input_schema`) yield `tool_use` blocks, streamed as
+//!   `input_json_delta` fragments, unless the last message carries a
+//!   `tool_result`. Errors are `{"type":"error","error":{"type":..,
+//!   "message":..}}` (`rate_limit_error` for 429, `overloaded_error` for 529,
+//!   `api_error` for other 5xx, ...).
+//! * `POST /v1/messages/count_tokens`: `{"input_tokens": N}`.
+//!
+//! Gemini (base URL [`MockServer::origin`]; every route also under `/v1/`):
+//!
+//! * `POST /v1beta/models/{model}:generateContent`: a
+//!   `GenerateContentResponse`; `modelVersion` echoes `{model}`.
+//!   `functionDeclarations` yield whole `functionCall` parts unless the last
+//!   content carries a `functionResponse`.
+//! * `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`:
+//!   `data: <chunk>\r\n\r\n` frames, one text part per token (function
+//!   calls whole in one chunk); the last chunk carries `finishReason` and the
+//!   full `usageMetadata`, earlier ones `promptTokenCount` only; no `[DONE]`.
+//!   Without `alt=sse`: the same chunks as a streamed JSON array.
+//! * `POST /v1beta/models/{model}:countTokens`: `{"totalTokens": N}`.
+//! * Errors are `{"error":{"code":..,"message":..,"status":..}}`
+//!   (`RESOURCE_EXHAUSTED` for 429, `UNAVAILABLE` for 503, ...); faults with
+//!   a `Retry-After` in seconds also carry a `google.rpc.RetryInfo` detail.
+//!
+//! Anything else: 404 with the path's dialect error body (OpenAI's for
+//! unknown paths).
 //!
 //! # Faults and overrides
 //!
 //! The server-wide [`Behavior`] sets latency, token count, pacing, injected
-//! statuses, abrupt stream cuts and stalls. Any request can override it with
-//! headers, parsed leniently (bad values are ignored): `x-mock-status`,
-//! `x-mock-retry-after`, `x-mock-latency-ms`, `x-mock-tokens`,
-//! `x-mock-chunk-interval-ms`, `x-mock-cut-after`, `x-mock-stall-ms`,
-//! `x-mock-stall-first-token-ms` and `x-mock-tool-calls`.
+//! statuses, abrupt stream cuts and stalls; it applies to all three dialects
+//! alike, and injected faults use the dialect's error body. Any request can
+//! override it with headers, parsed leniently (bad values are ignored):
+//! `x-mock-status`, `x-mock-retry-after`, `x-mock-latency-ms`,
+//! `x-mock-tokens`, `x-mock-chunk-interval-ms`, `x-mock-cut-after`,
+//! `x-mock-stall-ms`, `x-mock-stall-first-token-ms` and
+//! `x-mock-tool-calls`.
+//!
+//! In streams, `chunk_interval` separates content frames (OpenAI content
+//! chunks, Anthropic `content_block_delta` events, Gemini chunks);
+//! `stall_first_token` sleeps after OpenAI's role chunk, after Anthropic's
+//! `message_start`, and before Gemini's first chunk; `cut_after: N` drops
+//! the connection right before the (N+1)-th content frame, and never lets
+//! the answer finish (no `finish_reason`/`[DONE]`, no `message_delta`, no
+//! `finishReason` chunk).
 //!
 //! # Example
 //!
@@ -40,9 +92,11 @@
 //! # }
 //! ```
 
+mod anthropic;
 mod behavior;
 mod body;
 mod conn;
+mod gemini;
 mod handler;
 mod render;
 
@@ -70,9 +124,11 @@ pub const RECORDED_REQUESTS: usize = 64;
 pub struct Stats {
     /// Requests received (every route, faults included).
     pub requests: u64,
-    /// SSE streams whose response was produced.
+    /// Streaming responses whose head was produced (OpenAI and Anthropic
+    /// SSE, Gemini SSE and streamed JSON arrays).
     pub streams_started: u64,
-    /// Streams that produced their `[DONE]` frame.
+    /// Streams that produced their last frame (OpenAI's `[DONE]`,
+    /// Anthropic's `message_stop`, Gemini's final chunk).
     pub streams_completed: u64,
     /// Streams whose body was dropped before it finished (the client went
     /// away). Streams cut on purpose by `cut_after` are not counted.
@@ -86,6 +142,9 @@ pub struct RecordedRequest {
     pub method: String,
     /// Request path without the query, e.g. `"/v1/chat/completions"`.
     pub path: String,
+    /// The query string without the `?`, if any (e.g. `"alt=sse&key=..."`
+    /// for a Gemini request that passes its key as `?key=`).
+    pub query: Option<String>,
     /// Request headers as received.
     pub headers: http::HeaderMap,
     /// The complete request body.
@@ -173,6 +232,13 @@ impl MockServer {
     /// The OpenAI-style base URL, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// The server's origin, `http://127.0.0.1:PORT`: the base URL the
+    /// Anthropic and Gemini SDKs expect (they add `/v1/messages` and
+    /// `/v1beta/models/...` themselves).
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Replaces the behavior; applies to requests that arrive later. Also

@@ -1,5 +1,6 @@
-//! `relay-mock`: run the mock OpenAI-compatible upstream as a standalone
-//! server, e.g. for the gateway quick start or manual benchmarks.
+//! `relay-mock`: run the mock LLM upstream (OpenAI, Anthropic and Gemini
+//! dialects) as a standalone server, e.g. for the gateway quick start or
+//! manual benchmarks.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -9,15 +10,10 @@ use std::time::Duration;
 use clap::Parser;
 use relay_mock::{Behavior, MockServer};
 
-/// A mock OpenAI-compatible upstream (chat completions, streaming, tool
-/// calls, embeddings, models) with injectable latency and faults.
-///
-/// Requests can override most settings with x-mock-* headers
-/// (x-mock-status, x-mock-retry-after, x-mock-latency-ms, x-mock-tokens,
-/// x-mock-chunk-interval-ms, x-mock-cut-after, x-mock-stall-ms,
-/// x-mock-stall-first-token-ms, x-mock-tool-calls).
+/// A mock LLM upstream speaking OpenAI Chat Completions, Anthropic Messages
+/// and Gemini generateContent, with injectable latency and faults.
 #[derive(Debug, Parser)]
-#[command(name = "relay-mock", version)]
+#[command(name = "relay-mock", version, after_long_help = ROUTES)]
 struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
@@ -31,8 +27,8 @@ struct Args {
     /// Pause between stream content chunks, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 0)]
     chunk_interval_ms: u64,
-    /// Answer every request with this HTTP status (400-599) and an OpenAI
-    /// error body.
+    /// Answer every request with this HTTP status (400-599) and an error
+    /// body in the route's dialect (OpenAI, Anthropic or Gemini).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(400..=599))]
     status: Option<u16>,
     /// Retry-After header value sent with --status.
@@ -41,14 +37,36 @@ struct Args {
     /// Only the first N requests get --status (0 = all of them).
     #[arg(long, value_name = "N", default_value_t = 0, requires = "status")]
     fail_first: u32,
-    /// Parallel tool calls made when the request carries tools (0 = always
-    /// answer with text).
+    /// Parallel tool calls made when the request carries tools: OpenAI
+    /// tool_calls, Anthropic tool_use blocks, Gemini functionCall parts
+    /// (0 = always answer with text).
     #[arg(long, value_name = "N", default_value_t = 1)]
     tool_calls: u32,
     /// Model name echoed in responses (default: the request's model).
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }
+
+/// The routes, shown by `--help` after the options.
+const ROUTES: &str = "\
+Dialects and routes (the same deterministic text, one token per word):
+  OpenAI     POST /v1/chat/completions   JSON or SSE (stream: true), tool calls
+             POST /v1/embeddings         deterministic unit vectors
+             GET  /v1/models
+  Anthropic  POST /v1/messages           JSON or SSE events (stream: true),
+                                         thinking and tool_use blocks
+             POST /v1/messages/count_tokens
+  Gemini     POST /v1beta/models/{model}:generateContent
+             POST /v1beta/models/{model}:streamGenerateContent?alt=sse
+                  (without alt=sse: a streamed JSON array)
+             POST /v1beta/models/{model}:countTokens
+             (also under /v1/models/...)
+Credentials are recorded, never checked. Faults use each dialect's error body.
+
+Requests can override most settings with x-mock-* headers (x-mock-status,
+x-mock-retry-after, x-mock-latency-ms, x-mock-tokens, x-mock-chunk-interval-ms,
+x-mock-cut-after, x-mock-stall-ms, x-mock-stall-first-token-ms,
+x-mock-tool-calls).";
 
 impl Args {
     fn behavior(&self) -> Behavior {
@@ -100,7 +118,15 @@ async fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
+    let origin = server.origin();
     let printed = writeln!(stdout, "relay-mock listening on {}", server.base_url())
+        .and_then(|()| {
+            writeln!(
+                stdout,
+                "relay-mock dialects: OpenAI {origin}/v1, Anthropic {origin} (/v1/messages), \
+                 Gemini {origin} (/v1beta/models/...)"
+            )
+        })
         .and_then(|()| stdout.flush());
     drop(stdout);
     if let Err(e) = printed {

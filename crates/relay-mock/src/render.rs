@@ -1,4 +1,6 @@
-//! Hand-rolled JSON rendering of OpenAI-shaped payloads.
+//! Hand-rolled JSON rendering of OpenAI-shaped payloads, plus the pieces the
+//! Anthropic and Gemini renderers (in their own modules) share: escaping,
+//! the word list, [`Answer`] and the pre-rendered stream [`Frames`].
 //!
 //! Responses are written straight into one byte buffer with OpenAI's exact
 //! key order (serde_json's `Value` would sort keys), so a whole stream is
@@ -262,16 +264,68 @@ pub(crate) fn completion(meta: &Meta<'_>, answer: &Answer, send_usage: bool) -> 
     out
 }
 
-/// A fully rendered SSE stream: all frames back to back in one buffer.
+/// A fully rendered stream: all frames back to back in one buffer.
+///
+/// The dialects differ in framing (OpenAI and Gemini SSE `data:` frames,
+/// Anthropic `event:` + `data:` frames, Gemini's streamed JSON array), but
+/// pace and cut the same way: the body sleeps `stall_first_token` before
+/// frame `first_token`, `chunk_interval` before every content frame but the
+/// first, and `cut_after: N` cuts the connection right before the
+/// (N+1)-th content frame, or before the `finish` frame when that comes
+/// first.
 #[derive(Debug)]
 pub(crate) struct Frames {
-    /// Every frame, `data: ...\n\n`, back to back.
+    /// Every frame, back to back.
     pub(crate) data: Vec<u8>,
     /// End offset of each frame in `data`.
     pub(crate) ends: Vec<usize>,
-    /// Index of the finish frame (`finish_reason` set); frames
-    /// `1..finish` are the content frames.
+    /// The content frames (one per token, tool-call fragment or block delta).
+    pub(crate) content: ContentFrames,
+    /// Index of the frame that finishes the answer (OpenAI's
+    /// `finish_reason` chunk, Anthropic's `message_delta`, Gemini's
+    /// `finishReason` frame). A stream cut by `cut_after` never reaches it.
     pub(crate) finish: usize,
+    /// Index of the frame `stall_first_token` delays.
+    pub(crate) first_token: usize,
+}
+
+/// Which frames of a [`Frames`] are content frames, in order.
+#[derive(Debug)]
+pub(crate) enum ContentFrames {
+    /// A contiguous run of frames.
+    Range(std::ops::Range<usize>),
+    /// Frame indexes, ascending.
+    List(Vec<usize>),
+}
+
+impl ContentFrames {
+    /// The index of the `n`-th (0-based) content frame.
+    pub(crate) fn nth(&self, n: usize) -> Option<usize> {
+        match self {
+            ContentFrames::Range(r) => r.start.checked_add(n).filter(|i| r.contains(i)),
+            ContentFrames::List(l) => l.get(n).copied(),
+        }
+    }
+
+    /// Whether frame `i` is a content frame other than the first one.
+    pub(crate) fn is_later(&self, i: usize) -> bool {
+        match self {
+            ContentFrames::Range(r) => i > r.start && i < r.end,
+            ContentFrames::List(l) => {
+                l.first().is_some_and(|&f| i > f) && l.binary_search(&i).is_ok()
+            }
+        }
+    }
+}
+
+impl Frames {
+    /// The frame index a `cut_after: n` stream is cut at.
+    pub(crate) fn cut_index(&self, n: u32) -> usize {
+        self.content
+            .nth(n as usize)
+            .unwrap_or(self.finish)
+            .min(self.finish)
+    }
 }
 
 /// Splits `s` into about three fragments on char boundaries.
@@ -406,7 +460,13 @@ pub(crate) fn stream(meta: &Meta<'_>, answer: &Answer, include_usage: bool) -> F
     data.extend_from_slice(b"data: [DONE]\n\n");
     ends.push(data.len());
 
-    Frames { data, ends, finish }
+    Frames {
+        data,
+        ends,
+        content: ContentFrames::Range(1..finish),
+        finish,
+        first_token: 1,
+    }
 }
 
 /// Standard base64 (with padding) of `bytes`.
