@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Any OpenAI-format body works; the dialect codec validates it.
     let body = br#"{"model":"assistant","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#;
-    let inbound = OpenAiDialect.parse_request(Operation::Chat, body)?;
+    let inbound = OpenAiDialect.parse_request(Operation::Chat, body, &Default::default())?;
     let response = relay
         .handle(RelayRequest::new(inbound, "example-1"))
         .await?;

@@ -20,6 +20,19 @@ fn transcript(chunks: usize) -> Vec<u8> {
     out
 }
 
+/// Parse every read; the total data bytes seen.
+fn parse_reads(reads: &[Bytes]) -> usize {
+    let mut p = SseParser::new();
+    let mut n = 0usize;
+    for r in reads {
+        p.push_bytes(r.clone());
+        while let Some(ev) = p.next_event().unwrap() {
+            n += ev.data.len();
+        }
+    }
+    n
+}
+
 fn parse(c: &mut Criterion) {
     let input = transcript(2_000);
     let mut group = c.benchmark_group("sse_parse");
@@ -27,17 +40,7 @@ fn parse(c: &mut Criterion) {
     for read in [1_460usize, 16_384] {
         let reads: Vec<Bytes> = input.chunks(read).map(Bytes::copy_from_slice).collect();
         group.bench_function(format!("openai_stream_{read}B_reads"), |b| {
-            b.iter(|| {
-                let mut p = SseParser::new();
-                let mut n = 0usize;
-                for r in &reads {
-                    p.push_bytes(r.clone());
-                    while let Some(ev) = p.next_event().unwrap() {
-                        n += ev.data.len();
-                    }
-                }
-                black_box(n)
-            })
+            b.iter(|| black_box(parse_reads(&reads)))
         });
     }
     // CRLF line ends and multi-line data take the slower paths.
@@ -48,17 +51,7 @@ fn parse(c: &mut Criterion) {
     let reads: Vec<Bytes> = crlf.chunks(1_460).map(Bytes::copy_from_slice).collect();
     group.throughput(Throughput::Bytes(crlf.len() as u64));
     group.bench_function("openai_stream_crlf_1460B_reads", |b| {
-        b.iter(|| {
-            let mut p = SseParser::new();
-            let mut n = 0usize;
-            for r in &reads {
-                p.push_bytes(r.clone());
-                while let Some(ev) = p.next_event().unwrap() {
-                    n += ev.data.len();
-                }
-            }
-            black_box(n)
-        })
+        b.iter(|| black_box(parse_reads(&reads)))
     });
     group.finish();
 }

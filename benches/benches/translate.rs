@@ -16,12 +16,14 @@ fn request_path(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 OpenAiDialect
-                    .parse_request(Operation::Chat, black_box(BODY))
+                    .parse_request(Operation::Chat, black_box(BODY), &Default::default())
                     .unwrap(),
             )
         })
     });
-    let req = OpenAiDialect.parse_request(Operation::Chat, BODY).unwrap();
+    let req = OpenAiDialect
+        .parse_request(Operation::Chat, BODY, &Default::default())
+        .unwrap();
     let registry = relay_adapters::default_registry();
     let adapter = registry.get("openai").unwrap();
     let channel = ChannelConfig::new("c", "openai");

@@ -2,13 +2,22 @@
 //!
 //! Providers and dialect codecs for `relay-core`.
 //!
-//! - [`catalog`]: the provider catalog (OpenAI and the OpenAI-compatible services, with
-//!   their base URLs and auth defaults) and [`default_registry`], which registers one
-//!   adapter per catalog entry by name.
-//! - [`openai`]: the `openai-chat` dialect: the client-side codec ([`openai::OpenAiDialect`]),
-//!   the upstream adapter with its pass-through fast path, and the typed wire structs.
+//! - [`catalog`]: the provider catalog (OpenAI and the OpenAI-compatible services,
+//!   Azure OpenAI, Anthropic, Gemini: base URLs, auth, URL layouts) and
+//!   [`default_registry`], which registers one [`ProviderAdapter`] per entry by name.
+//! - [`provider`]: the adapter: same-dialect fast path, cross-dialect translation.
+//! - [`translate`]: stream translators built from codecs.
+//! - [`openai`], [`anthropic`], [`gemini`]: each dialect's typed wire structs and codec
+//!   (`DialectCodec`), plus OpenAI's fast request parser.
 
+pub mod anthropic;
 pub mod catalog;
+pub mod client;
+pub mod gemini;
 pub mod openai;
+pub mod provider;
+pub mod translate;
 
-pub use catalog::{PROVIDERS, ProviderSpec, default_registry};
+pub use catalog::{PROVIDERS, ProviderSpec, default_codecs, default_registry};
+pub use client::CodecClient;
+pub use provider::ProviderAdapter;

@@ -45,8 +45,8 @@ proptest! {
     #[test]
     fn client_bodies_never_panic(body in json_ish(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
         for op in [Operation::Chat, Operation::Embeddings] {
-            let _ = OpenAiDialect.parse_request(op, body.as_bytes());
-            let _ = OpenAiDialect.parse_request(op, &raw);
+            let _ = OpenAiDialect.parse_request(op, body.as_bytes(), &Default::default());
+            let _ = OpenAiDialect.parse_request(op, &raw, &Default::default());
         }
         if let Ok(obj) = serde_json::from_str::<relay_core::JsonObject>(&body) {
             let _ = OpenAiCodec.decode_request(&obj);

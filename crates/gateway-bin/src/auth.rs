@@ -89,8 +89,10 @@ impl KeyStore {
     }
 }
 
-/// The key a client presented: `Authorization: Bearer`, or `x-api-key`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+/// The key a client presented, in any dialect's form: `Authorization: Bearer` (OpenAI,
+/// and the current Anthropic SDKs), `x-api-key` (Anthropic), `x-goog-api-key` or the
+/// `key` query parameter (Gemini).
+pub fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -102,14 +104,58 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
             .unwrap_or(v)
             .trim();
         if !token.is_empty() {
-            return Some(token);
+            return Some(token.to_owned());
         }
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    for name in ["x-api-key", "x-goog-api-key"] {
+        if let Some(v) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            return Some(v.to_owned());
+        }
+    }
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "key")
+        .map(|(_, v)| percent_decode(v))
         .filter(|v| !v.is_empty())
+}
+
+/// Minimal `%XX` decoding for a key in a query string.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => match std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                None => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -169,10 +215,18 @@ mod tests {
     fn presented_key_forms() {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer rk-1".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("rk-1"));
+        assert_eq!(presented_key(&h, None).as_deref(), Some("rk-1"));
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "rk-2".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("rk-2"));
-        assert_eq!(presented_key(&HeaderMap::new()), None);
+        assert_eq!(presented_key(&h, None).as_deref(), Some("rk-2"));
+        let mut h = HeaderMap::new();
+        h.insert("x-goog-api-key", "rk-3".parse().unwrap());
+        assert_eq!(presented_key(&h, None).as_deref(), Some("rk-3"));
+        assert_eq!(
+            presented_key(&HeaderMap::new(), Some("alt=sse&key=rk%2D4")).as_deref(),
+            Some("rk-4")
+        );
+        assert_eq!(presented_key(&HeaderMap::new(), Some("alt=sse")), None);
+        assert_eq!(presented_key(&HeaderMap::new(), None), None);
     }
 }

@@ -1,5 +1,12 @@
-//! Inbound routes: authenticate, read the body under its limits, hand the request to the
-//! relay engine, and render errors through [`crate::respond`].
+//! Inbound routes: pick the client dialect from the path, authenticate, read the body
+//! under its limits, hand the request to the relay engine, and render errors through
+//! [`crate::respond`] in that dialect.
+//!
+//! | route | dialect |
+//! |---|---|
+//! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` | openai-chat |
+//! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | anthropic-messages |
+//! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (also `/v1/models/...`) | gemini |
 
 use std::time::{Duration, Instant};
 
@@ -9,38 +16,131 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use relay_core::{ClientDialect, ErrorKind, Operation, RelayBody, RelayError, RelayRequest, Side};
+use relay_adapters::CodecClient;
+use relay_core::{
+    ClientDialect, ErrorKind, Operation, RelayBody, RelayError, RelayRequest, RouteParams, Side,
+};
 
 use crate::auth::{Caller, presented_key};
 use crate::respond::{error_response, json_response};
 use crate::server::Gateway;
 
+/// What a path asks for.
+enum Route {
+    Health,
+    Models,
+    OpenAi(Operation),
+    Anthropic,
+    AnthropicCountTokens,
+    Gemini { model: String, stream: bool },
+    MethodNotAllowed,
+    Unknown,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    let post = method == Method::POST;
+    match path {
+        "/healthz" if method == Method::GET => Route::Health,
+        "/v1/models" if method == Method::GET => Route::Models,
+        "/v1/chat/completions" if post => Route::OpenAi(Operation::Chat),
+        "/v1/embeddings" if post => Route::OpenAi(Operation::Embeddings),
+        "/v1/messages" if post => Route::Anthropic,
+        "/v1/messages/count_tokens" if post => Route::AnthropicCountTokens,
+        "/healthz"
+        | "/v1/models"
+        | "/v1/chat/completions"
+        | "/v1/embeddings"
+        | "/v1/messages"
+        | "/v1/messages/count_tokens" => Route::MethodNotAllowed,
+        _ => {
+            let rest = path
+                .strip_prefix("/v1beta/models/")
+                .or_else(|| path.strip_prefix("/v1/models/"));
+            match rest.and_then(|r| r.rsplit_once(':')) {
+                Some((model, "generateContent")) if post => Route::Gemini {
+                    model: model.to_owned(),
+                    stream: false,
+                },
+                Some((model, "streamGenerateContent")) if post => Route::Gemini {
+                    model: model.to_owned(),
+                    stream: true,
+                },
+                Some((_, "generateContent" | "streamGenerateContent")) => Route::MethodNotAllowed,
+                _ => Route::Unknown,
+            }
+        }
+    }
+}
+
 /// Handle one request; never fails (errors are responses).
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Response<RelayBody> {
     let received = Instant::now();
-    let dialect = gw.openai_dialect();
-    let result = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => Ok(json_response(&json!({"status": "ok"}))),
-        (&Method::POST, "/v1/chat/completions") => {
-            relay(gw, req, Operation::Chat, request_id, received).await
-        }
-        (&Method::POST, "/v1/embeddings") => {
-            relay(gw, req, Operation::Embeddings, request_id, received).await
-        }
-        (&Method::GET, "/v1/models") => models(gw, &req),
-        (_, "/healthz" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => {
-            Err(RelayError::new(
-                ErrorKind::NotFound,
-                Side::Client,
-                format!(
-                    "Method {} is not allowed on {}.",
-                    req.method(),
-                    req.uri().path()
-                ),
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let route = route(&method, &path);
+    // Errors speak the dialect of the route (OpenAI's for anything unknown).
+    let dialect: &dyn ClientDialect = match &route {
+        Route::Anthropic | Route::AnthropicCountTokens => match gw.anthropic_dialect() {
+            Some(d) => d,
+            None => gw.openai_dialect(),
+        },
+        Route::Gemini { .. } => match gw.gemini_dialect() {
+            Some(d) => d,
+            None => gw.openai_dialect(),
+        },
+        _ => gw.openai_dialect(),
+    };
+    let result = match route {
+        Route::Health => Ok(json_response(&json!({"status": "ok"}))),
+        Route::Models => models(gw, &req),
+        Route::OpenAi(op) => {
+            relay(
+                gw,
+                req,
+                dialect,
+                op,
+                RouteParams::default(),
+                request_id,
+                received,
             )
-            .with_status(StatusCode::METHOD_NOT_ALLOWED))
+            .await
         }
-        (method, path) => Err(RelayError::new(
+        Route::Anthropic => {
+            relay(
+                gw,
+                req,
+                dialect,
+                Operation::Chat,
+                RouteParams::default(),
+                request_id,
+                received,
+            )
+            .await
+        }
+        Route::AnthropicCountTokens => count_tokens(gw, req).await,
+        Route::Gemini { model, stream } => {
+            let params = RouteParams {
+                model: Some(model),
+                stream: Some(stream),
+            };
+            relay(
+                gw,
+                req,
+                dialect,
+                Operation::Chat,
+                params,
+                request_id,
+                received,
+            )
+            .await
+        }
+        Route::MethodNotAllowed => Err(RelayError::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            format!("Method {method} is not allowed on {path}."),
+        )
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+        Route::Unknown => Err(RelayError::new(
             ErrorKind::NotFound,
             Side::Client,
             format!("Unknown request URL: {method} {path}."),
@@ -61,15 +161,15 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> R
 }
 
 fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Caller, RelayError> {
-    let Some(key) = presented_key(req.headers()) else {
+    let Some(key) = presented_key(req.headers(), req.uri().query()) else {
         return Err(RelayError::new(
             ErrorKind::Unauthorized,
             Side::Client,
-            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `x-api-key`, `x-goog-api-key`).",
         )
         .with_code("missing_api_key"));
     };
-    gw.keys().check(key).ok_or_else(|| {
+    gw.keys().check(&key).ok_or_else(|| {
         RelayError::new(
             ErrorKind::Unauthorized,
             Side::Client,
@@ -82,13 +182,15 @@ fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Caller, RelayEr
 async fn relay(
     gw: &Gateway,
     req: Request<Incoming>,
+    dialect: &dyn ClientDialect,
     op: Operation,
+    params: RouteParams,
     request_id: &str,
     received: Instant,
 ) -> Result<Response<RelayBody>, RelayError> {
     let caller = authenticate(gw, &req)?;
     let body = read_body(req, gw.max_body_bytes(), gw.body_timeout()).await?;
-    let inbound = gw.openai_dialect().parse_request(op, &body)?;
+    let inbound = dialect.parse_request(op, &body, &params)?;
     let request = RelayRequest {
         inbound,
         request_id: request_id.to_owned(),
@@ -96,6 +198,37 @@ async fn relay(
         received_at: received,
     };
     gw.relay().handle(request).await
+}
+
+/// Anthropic's `count_tokens`: an estimate (4 characters a token) of the prompt, after
+/// checking the key, the body and the model.
+async fn count_tokens(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, RelayError> {
+    let Some(anthropic) = gw.anthropic_dialect() else {
+        return Err(RelayError::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "The Anthropic dialect is not built in.",
+        ));
+    };
+    authenticate(gw, &req)?;
+    let bytes = read_body(req, gw.max_body_bytes(), gw.body_timeout()).await?;
+    let mut body = CodecClient::body(&bytes, &RouteParams::default())?;
+    if !body.contains_key("max_tokens") {
+        // count_tokens requests carry no max_tokens; the Messages decoder wants one.
+        if let Ok(one) = serde_json::value::RawValue::from_string("1".to_owned()) {
+            body.insert("max_tokens".into(), one);
+        }
+    }
+    let inbound = anthropic.parse_object(Operation::Chat, body)?;
+    if gw.relay().table().resolve(&inbound.model).is_none() {
+        return Err(RelayError::model_not_found(&inbound.model));
+    }
+    Ok(json_response(
+        &json!({"input_tokens": inbound.estimated_prompt_tokens()}),
+    ))
 }
 
 fn models(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<RelayBody>, RelayError> {
@@ -164,5 +297,38 @@ pub fn new_request_id() -> String {
 pub fn tag(resp: &mut Response<RelayBody>, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_path() {
+        assert!(matches!(
+            route(&Method::POST, "/v1/messages"),
+            Route::Anthropic
+        ));
+        assert!(matches!(
+            route(
+                &Method::POST,
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+            ),
+            Route::Gemini { stream: true, .. }
+        ));
+        match route(&Method::POST, "/v1/models/g-1:generateContent") {
+            Route::Gemini { model, stream } => assert_eq!((model.as_str(), stream), ("g-1", false)),
+            _ => panic!("not a gemini route"),
+        }
+        assert!(matches!(
+            route(&Method::GET, "/v1/messages"),
+            Route::MethodNotAllowed
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1beta/models/x:countTokens"),
+            Route::Unknown
+        ));
+        assert!(matches!(route(&Method::GET, "/v1/models"), Route::Models));
     }
 }

@@ -12,8 +12,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use parking_lot::Mutex;
+use relay_adapters::CodecClient;
 use relay_adapters::openai::OpenAiDialect;
-use relay_core::{BuildError, Relay, RelayConfig, UsageSink};
+use relay_core::{BuildError, DialectId, Relay, RelayConfig, UsageSink};
 use relay_mock::{Behavior, MockServer};
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -42,7 +43,9 @@ pub struct Gateway {
     relay: Relay,
     keys: ArcSwap<KeyStore>,
     server: ServerConfig,
-    dialect: OpenAiDialect,
+    openai: OpenAiDialect,
+    anthropic: Option<CodecClient>,
+    gemini: Option<CodecClient>,
     /// Built-in mock upstreams, by channel id (`provider = "mock"` without a base_url).
     mocks: Mutex<HashMap<String, MockServer>>,
 }
@@ -80,11 +83,15 @@ impl Gateway {
         if keys.is_empty() {
             tracing::warn!("no API keys configured: every relay request will get 401");
         }
+        let codecs = relay_adapters::default_codecs();
+        let client = |d| codecs.get(d).map(|c| CodecClient::new(c.clone()));
         Ok(Arc::new(Gateway {
             relay,
             keys: ArcSwap::from_pointee(keys),
             server: config.server.clone(),
-            dialect: OpenAiDialect,
+            openai: OpenAiDialect,
+            anthropic: client(DialectId::ANTHROPIC_MESSAGES),
+            gemini: client(DialectId::GEMINI),
             mocks,
         }))
     }
@@ -113,7 +120,17 @@ impl Gateway {
 
     /// The OpenAI client dialect.
     pub fn openai_dialect(&self) -> &OpenAiDialect {
-        &self.dialect
+        &self.openai
+    }
+
+    /// The Anthropic Messages client dialect, if its codec is built in.
+    pub fn anthropic_dialect(&self) -> Option<&CodecClient> {
+        self.anthropic.as_ref()
+    }
+
+    /// The Gemini client dialect, if its codec is built in.
+    pub fn gemini_dialect(&self) -> Option<&CodecClient> {
+        self.gemini.as_ref()
     }
 
     /// Request body limit.

@@ -2,12 +2,14 @@
 //! client-facing codec implements.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
 use crate::error::RelayError;
+use crate::ir::ChatRequest;
 
 /// A wire format, by name. Codecs and adapters are registered against these.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +83,19 @@ pub struct InboundRequest {
     pub body: JsonObject,
     /// Characters of prompt text, for estimating usage when the upstream reports none.
     pub prompt_chars: usize,
+    /// The request in the IR, when the client codec decoded it already (dialects other
+    /// than OpenAI's, which has a pass-through fast path and decodes only on demand).
+    pub ir: Option<Arc<ChatRequest>>,
+}
+
+/// Request facts carried by the route rather than the body (Gemini puts the model and
+/// the stream flag in the URL).
+#[derive(Clone, Debug, Default)]
+pub struct RouteParams {
+    /// The model named in the path.
+    pub model: Option<String>,
+    /// Whether the path asks for a stream.
+    pub stream: Option<bool>,
 }
 
 impl InboundRequest {
@@ -95,7 +110,12 @@ pub trait ClientDialect: Send + Sync + 'static {
     /// Which dialect.
     fn id(&self) -> DialectId;
     /// Parse and validate a request body. Bad input is a 400 naming the problem.
-    fn parse_request(&self, op: Operation, body: &[u8]) -> Result<InboundRequest, RelayError>;
+    fn parse_request(
+        &self,
+        op: Operation,
+        body: &[u8],
+        route: &RouteParams,
+    ) -> Result<InboundRequest, RelayError>;
     /// The JSON error body in this dialect's shape.
     fn error_body(&self, err: &RelayError) -> Bytes;
 }

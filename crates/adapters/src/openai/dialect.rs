@@ -4,7 +4,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use relay_core::{ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RelayError};
+use relay_core::{
+    ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RelayError, RouteParams,
+};
 
 /// The OpenAI Chat Completions (and Embeddings) client dialect.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +59,12 @@ impl ClientDialect for OpenAiDialect {
         DialectId::OPENAI_CHAT
     }
 
-    fn parse_request(&self, op: Operation, bytes: &[u8]) -> Result<InboundRequest, RelayError> {
+    fn parse_request(
+        &self,
+        op: Operation,
+        bytes: &[u8],
+        _route: &RouteParams,
+    ) -> Result<InboundRequest, RelayError> {
         let body: JsonObject = serde_json::from_slice(bytes).map_err(|e| {
             RelayError::bad_request(format!(
                 "We could not parse the JSON body of your request: {e}. The body must be a JSON object."
@@ -141,6 +148,7 @@ impl ClientDialect for OpenAiDialect {
             include_usage,
             body,
             prompt_chars,
+            ir: None,
         })
     }
 
@@ -154,7 +162,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<InboundRequest, RelayError> {
-        OpenAiDialect.parse_request(Operation::Chat, body.as_bytes())
+        OpenAiDialect.parse_request(Operation::Chat, body.as_bytes(), &RouteParams::default())
     }
 
     #[test]
@@ -217,11 +225,19 @@ mod tests {
     #[test]
     fn embeddings_need_input() {
         let e = OpenAiDialect
-            .parse_request(Operation::Embeddings, br#"{"model":"e"}"#)
+            .parse_request(
+                Operation::Embeddings,
+                br#"{"model":"e"}"#,
+                &Default::default(),
+            )
             .unwrap_err();
         assert!(e.message().contains("'input'"));
         let r = OpenAiDialect
-            .parse_request(Operation::Embeddings, br#"{"model":"e","input":"abc"}"#)
+            .parse_request(
+                Operation::Embeddings,
+                br#"{"model":"e","input":"abc"}"#,
+                &Default::default(),
+            )
             .unwrap();
         assert!(!r.stream);
     }

@@ -1,15 +1,13 @@
-//! The `openai-chat` dialect: the client-side codec, the upstream adapter for OpenAI and
-//! every OpenAI-compatible provider, and the typed wire structs.
+//! The `openai-chat` dialect: the client-side request parser with its pass-through fast
+//! path, the codec over the typed wire structs, and the same-dialect stream observer.
 
-mod adapter;
 mod codec;
 mod dialect;
 mod errors;
-mod peek;
+pub(crate) mod peek;
 mod stream;
 pub mod wire;
 
-pub use adapter::OpenAiAdapter;
 pub use codec::OpenAiCodec;
 pub use dialect::OpenAiDialect;
 pub use errors::{error_body, parse_error_body};

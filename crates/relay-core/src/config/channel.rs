@@ -64,6 +64,9 @@ pub struct ChannelConfig {
     /// Disabled channels are never selected.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// API version for providers that put one in the URL (Azure OpenAI's `api-version`).
+    #[serde(default)]
+    pub api_version: Option<String>,
     /// Allow a base URL on loopback or a private network (off by default, as a guard
     /// against server-side request forgery; local providers such as ollama allow it).
     #[serde(default)]
@@ -94,6 +97,7 @@ impl ChannelConfig {
             groups: Vec::new(),
             headers: BTreeMap::new(),
             enabled: true,
+            api_version: None,
             allow_private_network: false,
         }
     }
