@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod dialects;
 mod support;
 
 use std::time::{Duration, Instant};

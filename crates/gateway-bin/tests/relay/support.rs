@@ -168,3 +168,32 @@ pub fn chat(model: &str, stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "Say hello"}],
     })
 }
+
+/// A TOML channel block for an upstream of another dialect (`anthropic`, `gemini`).
+pub fn dialect_channel(id: &str, provider: &str, base_url: &str, models: &[&str]) -> String {
+    let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[[channels]]\nid = \"{id}\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\nallow_private_network = true\napi_keys = [\"sk-{id}\"]\nmodels = [{}]\n\n",
+        models.join(", ")
+    )
+}
+
+impl TestGateway {
+    /// POST with arbitrary headers.
+    pub async fn send_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let mut req =
+            http::Request::post(self.url(path)).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap()
+    }
+}
