@@ -31,6 +31,19 @@ async fn three_dialects() -> (MockServer, TestGateway) {
     (up, gw)
 }
 
+/// The text parts of a Gemini stream, concatenated.
+fn gemini_text(events: &[Seen]) -> String {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|v| {
+            v["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 fn anthropic_body(model: &str, stream: bool) -> String {
     json!({"model": model, "max_tokens": 100, "stream": stream, "messages": [{"role": "user", "content": "Say hello"}]}).to_string()
 }
@@ -145,15 +158,7 @@ async fn gemini_clients_reach_every_upstream_dialect() {
             .await;
         assert_eq!(resp.status(), 200);
         let events = read_events(resp, Instant::now()).await;
-        let text: String = events
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
-            .filter_map(|v| {
-                v["candidates"][0]["content"]["parts"][0]["text"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
+        let text = gemini_text(&events);
         assert_eq!(text, "Hello from the relay", "{model}");
         let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
         assert_eq!(last["candidates"][0]["finishReason"], "STOP", "{model}");
@@ -257,15 +262,7 @@ async fn cross_dialect_failover_before_the_first_byte() {
         .await;
     assert_eq!(resp.status(), 200);
     let events = read_events(resp, Instant::now()).await;
-    let text: String = events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
-        .filter_map(|v| {
-            v["candidates"][0]["content"]["parts"][0]["text"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = gemini_text(&events);
     assert_eq!(text, "Hello from the");
     let rec = &gw.wait_records(1).await[0];
     assert_eq!((rec.attempts, rec.channel.as_deref()), (2, Some("oai")));
