@@ -1,4 +1,11 @@
-"""Black-box fixtures: start two relay-mock upstreams and a relay-gateway in front of them.
+"""Black-box fixtures: start four relay-mock upstreams (healthy, broken, parallel tool
+calls, rate-limited) and a relay-gateway in front of them, and official SDK clients of
+the three client dialects (OpenAI, Anthropic, Gemini).
+
+The healthy, parallel and rate-limited mocks are each reached through three channels,
+one per upstream dialect (openai-compatible, anthropic, gemini), so that tests
+parametrised over UPSTREAM_PRESETS / PARALLEL_PRESETS / LIMITED_PRESETS cover every
+(client dialect, upstream dialect) pair.
 
 Binaries come from RELAY_GATEWAY_BIN / RELAY_MOCK_BIN, defaulting to the debug builds in
 target/debug (build them first with `cargo build -p relay-gateway -p relay-mock`).
@@ -7,15 +14,20 @@ A missing binary is a failure, never a skip.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import types as genai_types
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN_DIR = REPO_ROOT / "target" / "debug"
@@ -24,6 +36,72 @@ API_KEY = "rk-test"
 HEALTH_TIMEOUT_S = 20.0
 MOCK_START_TIMEOUT_S = 20.0
 HEALTHY_TOKENS = 8
+
+# One channel per upstream dialect, all on the healthy mock, each serving its own model;
+# a preset named after each. Tests parametrise over these to cover every
+# (client dialect, upstream dialect) pair.
+UPSTREAM_PRESETS = {
+    # preset: (channel id, model the channel serves, upstream dialect)
+    "via-openai": ("up-openai", "m-openai", "openai-compatible"),
+    "via-anthropic": ("up-anthropic", "m-anthropic", "anthropic"),
+    "via-gemini": ("up-gemini", "m-gemini", "gemini"),
+}
+
+# The mock's deterministic word list starts like this; one word per completion token.
+MOCK_WORDS = "Hello from the relay mock upstream. This is a deterministic completion".split()
+EXPECTED_TEXT = " ".join(MOCK_WORDS[:HEALTHY_TOKENS])  # "Hello from the relay mock upstream. This is"
+PRESETS = list(UPSTREAM_PRESETS)
+
+# A second mock answers tool requests with PARALLEL_TOOL_CALLS calls at once (and
+# PARALLEL_TOKENS words of text), behind the same three upstream dialects.
+PARALLEL_TOKENS = 5
+PARALLEL_TOOL_CALLS = 2
+PARALLEL_PRESETS = {
+    "parallel-via-openai": ("par-openai", "p-openai", "openai-compatible"),
+    "parallel-via-anthropic": ("par-anthropic", "p-anthropic", "anthropic"),
+    "parallel-via-gemini": ("par-gemini", "p-gemini", "gemini"),
+}
+
+# A third mock answers every request with 429 (in the route's dialect), behind the same
+# three upstream dialects: the client must get a 429 in its own dialect.
+LIMITED_PRESETS = {
+    "limited-via-openai": ("lim-openai", "l-openai", "openai-compatible"),
+    "limited-via-anthropic": ("lim-anthropic", "l-anthropic", "anthropic"),
+    "limited-via-gemini": ("lim-gemini", "l-gemini", "gemini"),
+}
+
+
+def mock_tool_tokens(name: str, arguments: str) -> int:
+    """Completion tokens the mock reports (in every dialect) for one tool call: a token per
+    4 characters of the name plus the compact JSON arguments, at least 1."""
+    return max(1, math.ceil((len(name) + len(arguments)) / 4))
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def request_log(log_path: Path, request_id: str, want: str, timeout: float = 5.0) -> list[str]:
+    """The gateway log lines of one request, waiting until one contains `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [ANSI.sub("", l) for l in log_path.read_text(errors="replace").splitlines()]
+        mine = [l for l in lines if request_id in l]
+        if any(want in l for l in mine) or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)
+
+
+_FIELD = re.compile(r'(\w+)=("[^"]*"|\S+)')
+
+
+def settled(log_path: Path, request_id: str) -> dict[str, str]:
+    """The fields of the gateway's `request settled` line for one request (quotes stripped),
+    e.g. {"channel": "up-openai", "input_tokens": "3", "output_tokens": "8", ...}."""
+    mine = request_log(log_path, request_id, "request settled")
+    lines = [l for l in mine if "request settled" in l]
+    assert len(lines) == 1, "\n".join(mine) or f"no log line for {request_id}"
+    line = lines[0].split("request settled", 1)[1]
+    return {k: v.strip('"') for k, v in _FIELD.findall(line)}
 
 
 def _binary(env_name: str, default_name: str) -> Path:
@@ -101,8 +179,52 @@ def _start_mock(procs: _Processes, mock_bin: Path, log_path: Path, extra: list[s
     pytest.fail(f"relay-mock {' '.join(extra)} did not start; its output:\n{last_error}", pytrace=False)
 
 
-def _config(healthy_url: str, broken_url: str) -> str:
-    return f"""
+def _origin(v1_url: str) -> str:
+    """`http://HOST:PORT/v1` -> `http://HOST:PORT`."""
+    assert v1_url.endswith("/v1"), v1_url
+    return v1_url[: -len("/v1")]
+
+
+def _dialect_channels(mock_url: str, presets: dict) -> str:
+    """A channel per upstream dialect on the mock at `mock_url`, and a preset for each."""
+    origin = _origin(mock_url)
+    base_urls = {
+        "openai-compatible": mock_url,  # the adapter appends /chat/completions
+        "anthropic": origin,  # the adapter appends /v1/messages
+        "gemini": origin + "/v1beta",  # the adapter appends /models/{model}:generateContent
+    }
+    out = []
+    for preset, (channel, model, provider) in presets.items():
+        out.append(
+            f"""
+[[channels]]
+id = "{channel}"
+provider = "{provider}"
+base_url = "{base_urls[provider]}"
+allow_private_network = true
+api_keys = ["x"]
+models = ["{model}"]
+
+[[presets]]
+name = "{preset}"
+description = "{channel}: the mock through its {provider} dialect"
+
+[[presets.items]]
+channels = ["{channel}"]
+model = "{model}"
+strategy = "weighted"
+"""
+        )
+    return "".join(out)
+
+
+def _config(healthy_url: str, broken_url: str, parallel_url: str, limited_url: str) -> str:
+    channels = (
+        _dialect_channels(healthy_url, UPSTREAM_PRESETS)
+        + _dialect_channels(parallel_url, PARALLEL_PRESETS)
+        + _dialect_channels(limited_url, LIMITED_PRESETS)
+    )
+    return channels + f"""
 [server]
 max_body_bytes = 65536
 
@@ -182,8 +304,15 @@ def relay_stack(tmp_path_factory):
     try:
         healthy_url = _start_mock(procs, mock_bin, workdir / "mock-healthy.log", ["--tokens", str(HEALTHY_TOKENS)])
         broken_url = _start_mock(procs, mock_bin, workdir / "mock-broken.log", ["--status", "500"])
+        parallel_url = _start_mock(
+            procs,
+            mock_bin,
+            workdir / "mock-parallel.log",
+            ["--tokens", str(PARALLEL_TOKENS), "--tool-calls", str(PARALLEL_TOOL_CALLS)],
+        )
+        limited_url = _start_mock(procs, mock_bin, workdir / "mock-limited.log", ["--status", "429"])
         config_path = workdir / "gateway.toml"
-        config_path.write_text(_config(healthy_url, broken_url))
+        config_path.write_text(_config(healthy_url, broken_url, parallel_url, limited_url))
         log_path = workdir / "gateway.log"
 
         url = None
@@ -229,6 +358,34 @@ def gateway_log_path(relay_stack) -> Path:
 @pytest.fixture(scope="session")
 def client(gateway_url) -> openai.OpenAI:
     c = openai.OpenAI(base_url=gateway_url + "/v1", api_key=API_KEY, max_retries=0, timeout=20)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def anthropic_client(gateway_url) -> anthropic.Anthropic:
+    c = anthropic.Anthropic(base_url=gateway_url, api_key=API_KEY, max_retries=0, timeout=20)
+    yield c
+    c.close()
+
+
+def make_genai_client(gateway_url: str, api_key: str = API_KEY) -> genai.Client:
+    """A google-genai client (Gemini Developer API flavour) aimed at the gateway, no retries."""
+    return genai.Client(
+        vertexai=False,
+        api_key=api_key,
+        http_options=genai_types.HttpOptions(
+            base_url=gateway_url,
+            api_version="v1beta",
+            timeout=20_000,
+            retry_options=genai_types.HttpRetryOptions(attempts=1),
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def genai_client(gateway_url) -> genai.Client:
+    c = make_genai_client(gateway_url)
     yield c
     c.close()
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, HEALTHY_TOKENS
-
-# The mock's deterministic word list starts like this; one word per completion token.
-MOCK_WORDS = "Hello from the relay mock upstream. This is a deterministic completion".split()
-EXPECTED_TEXT = " ".join(MOCK_WORDS[:HEALTHY_TOKENS])  # "Hello from the relay mock upstream. This is"
+from conftest import (
+    API_KEY,
+    EXPECTED_TEXT,
+    HEALTHY_TOKENS,
+    PRESETS,
+    UPSTREAM_PRESETS,
+    mock_tool_tokens,
+    request_log,
+    settled,
+)
 
 USER_MSG = [{"role": "user", "content": "Say something."}]
 
@@ -45,18 +48,7 @@ def _collect_stream(stream):
     return text, chunks
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _request_log(log_path, request_id: str, want: str, timeout: float = 5.0) -> list[str]:
-    """The gateway log lines of one request, waiting until one contains `want`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [ANSI.sub("", l) for l in log_path.read_text(errors="replace").splitlines()]
-        mine = [l for l in lines if request_id in l]
-        if any(want in l for l in mine) or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.05)
+_request_log = request_log
 
 
 # --------------------------------------------------------------------------- completions
@@ -391,3 +383,157 @@ def test_concurrent_streams(client):
     for text, usage in results:
         assert text == EXPECTED_TEXT
         assert usage == [HEALTHY_TOKENS]
+
+
+# --------------------------------------------------------------------------- upstream dialects
+#
+# The same OpenAI client against one channel per upstream dialect (via-openai: same
+# dialect, fast path; via-anthropic / via-gemini: translated through the IR).
+
+WEATHER_ARGS = {"location": "mock"}
+TOOL_TOKENS = mock_tool_tokens("get_weather", json.dumps(WEATHER_ARGS, separators=(",", ":")))
+
+
+def _assert_settled(log_path, request_id: str, preset: str, usage, stream: bool) -> None:
+    """The gateway's own record of the request: the preset's channel, and the same usage the
+    client was told."""
+    fields = settled(log_path, request_id)
+    assert fields["channel"] == UPSTREAM_PRESETS[preset][0], fields
+    assert fields["upstream_model"] == UPSTREAM_PRESETS[preset][1], fields
+    assert fields["status"] == "200", fields
+    assert fields["stream"] == str(stream).lower(), fields
+    assert fields["estimated"] == "false", fields
+    assert int(fields["output_tokens"]) == usage.completion_tokens, fields
+    assert int(fields["input_tokens"]) == usage.prompt_tokens, fields
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dialect_plain(client, gateway_log, gateway_log_path, preset):
+    raw = client.chat.completions.with_raw_response.create(model=preset, messages=USER_MSG)
+    resp = raw.parse()
+    assert resp.object == "chat.completion"
+    assert len(resp.choices) == 1
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == EXPECTED_TEXT, gateway_log()
+    assert choice.finish_reason == "stop"
+    assert not choice.message.tool_calls
+    assert resp.usage.completion_tokens == HEALTHY_TOKENS
+    assert resp.usage.prompt_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    _assert_settled(gateway_log_path, raw.headers["x-request-id"], preset, resp.usage, stream=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dialect_stream_with_include_usage(client, gateway_log, gateway_log_path, preset):
+    raw = client.chat.completions.with_raw_response.create(
+        model=preset, messages=USER_MSG, stream=True, stream_options={"include_usage": True}
+    )
+    text, chunks = _collect_stream(raw.parse())
+    assert text == EXPECTED_TEXT, gateway_log()
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1, [c.model_dump() for c in usage_chunks]
+    final = usage_chunks[0]
+    assert final is chunks[-1], "the usage chunk must be the last one"
+    assert final.choices == []
+    assert final.usage.completion_tokens == HEALTHY_TOKENS
+    assert final.usage.prompt_tokens > 0
+    assert final.usage.total_tokens == final.usage.prompt_tokens + final.usage.completion_tokens
+    assert [c for c in chunks if not c.choices] == [final]
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["stop"]
+    assert len({c.id for c in chunks}) == 1
+    _assert_settled(gateway_log_path, raw.headers["x-request-id"], preset, final.usage, stream=True)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dialect_stream_without_include_usage(client, preset):
+    stream = client.chat.completions.create(model=preset, messages=USER_MSG, stream=True)
+    text, chunks = _collect_stream(stream)
+    assert text == EXPECTED_TEXT
+    assert [c.model_dump() for c in chunks if c.usage is not None] == []
+    assert all(c.choices for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dialect_tool_calls_stream_and_round_trip(client, gateway_log, gateway_log_path, preset):
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    with client.chat.completions.stream(
+        model=preset, messages=messages, tools=[WEATHER_TOOL], stream_options={"include_usage": True}
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+        # ChatCompletionStream keeps its httpx response private (openai is pinned).
+        request_id = stream._response.headers["x-request-id"]
+
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls", gateway_log()
+    calls = choice.message.tool_calls
+    assert calls is not None and len(calls) == 1, choice.message.model_dump()
+    call = calls[0]
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == WEATHER_ARGS
+    assert not choice.message.content
+
+    done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
+    assert len(done) == 1, [e.type for e in events]
+    assert done[0].name == "get_weather"
+    assert done[0].index == 0
+    assert done[0].arguments == call.function.arguments
+    deltas = [e for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert deltas and "".join(e.arguments_delta for e in deltas) == call.function.arguments
+
+    assert final.usage is not None
+    assert final.usage.completion_tokens == TOOL_TOKENS
+    assert final.usage.prompt_tokens > 0
+    _assert_settled(gateway_log_path, request_id, preset, final.usage, stream=True)
+
+    # The tool result goes back (translated into the upstream's dialect) and text comes out.
+    messages += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 18, "sky": "clear"})},
+    ]
+    with client.chat.completions.stream(model=preset, messages=messages, tools=[WEATHER_TOOL]) as stream:
+        content_done = [e for e in stream if e.type == "content.done"]
+        answer = stream.get_final_completion()
+    assert answer.choices[0].finish_reason == "stop", gateway_log()
+    assert not answer.choices[0].message.tool_calls
+    assert answer.choices[0].message.content == EXPECTED_TEXT
+    assert len(content_done) == 1 and content_done[0].content == EXPECTED_TEXT
+
+    resp = client.chat.completions.create(model=preset, messages=messages, tools=[WEATHER_TOOL])
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].message.content == EXPECTED_TEXT
+    assert resp.usage.completion_tokens == HEALTHY_TOKENS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dialect_tool_calls_non_streamed(client, gateway_log_path, preset):
+    raw = client.chat.completions.with_raw_response.create(
+        model=preset, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    )
+    resp = raw.parse()
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.id
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == WEATHER_ARGS
+    assert resp.usage.completion_tokens == TOOL_TOKENS
+    assert resp.usage.prompt_tokens > 0
+    _assert_settled(gateway_log_path, raw.headers["x-request-id"], preset, resp.usage, stream=False)

@@ -382,7 +382,8 @@ impl Adapter for ProviderAdapter {
         let inbound = call.request;
         let options = EncoderOptions {
             include_usage: inbound.include_usage,
-            model: inbound.model.clone(),
+            // The upstream's model name, as a whole (non-streamed) answer reports it.
+            model: call.model.to_owned(),
             prompt_tokens_estimate: inbound.estimated_prompt_tokens(),
         };
         if self.same_dialect(call) {

@@ -236,10 +236,9 @@ impl Reply<'_> {
         out.push(b'"');
     }
 
+    /// Real signatures are standard base64; so is this one (16 alphabet characters).
     fn push_signature(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"\"sig_mock_");
-        push_u64(out, self.id);
-        out.push(b'"');
+        out.extend_from_slice(format!("\"EqQBmock{:08}\"", self.id % 100_000_000).as_bytes());
     }
 
     /// `"usage":{...}` with the full set of counters.

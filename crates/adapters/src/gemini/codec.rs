@@ -346,7 +346,10 @@ struct EncPart<'a> {
     thought: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     function_call: Option<EncFunctionCall<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::thought_signature::serialize_str"
+    )]
     thought_signature: Option<&'a str>,
 }
 

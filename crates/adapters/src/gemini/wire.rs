@@ -245,10 +245,12 @@ pub struct Part {
     /// Whether the part is a thought summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thought: Option<bool>,
-    /// The opaque signature of the model's thinking, to send back unchanged.
+    /// The opaque signature of the model's thinking, to send back unchanged. In the IR
+    /// it is text; on the wire, bytes in base64 (see [`thought_signature`]).
     #[serde(
         default,
         alias = "thought_signature",
+        with = "thought_signature",
         skip_serializing_if = "Option::is_none"
     )]
     pub thought_signature: Option<String>,
@@ -2941,4 +2943,99 @@ mod tests {
     }
 
     use relay_core::ir::Message;
+}
+
+/// Gemini's `thoughtSignature` is bytes (base64 in JSON); the IR holds signatures as
+/// text. Real signatures of every dialect are standard base64 already and pass as they
+/// are. On the way in, the url-safe alphabet without padding (what the google-genai SDK
+/// echoes back) is normalised to standard padded base64, so a signature issued by
+/// another dialect returns to it exactly as issued. A signature with characters outside
+/// both base64 alphabets is wrapped (a marker and its bytes, in base64) so Gemini
+/// clients can decode it, and unwrapped when it comes back.
+pub mod thought_signature {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const MARK: &[u8] = b"relay-sig:";
+
+    fn base64_alphabet(s: &str) -> bool {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='))
+    }
+
+    /// The wire form of an IR signature.
+    pub fn to_wire(signature: &str) -> String {
+        if base64_alphabet(signature) {
+            signature.to_owned()
+        } else {
+            STANDARD.encode([MARK, signature.as_bytes()].concat())
+        }
+    }
+
+    /// The IR form of a wire signature.
+    pub fn from_wire(wire: &str) -> String {
+        let mut standard: String = wire
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
+        while standard.len() % 4 != 0 {
+            standard.push('=');
+        }
+        match STANDARD.decode(&standard) {
+            Ok(bytes) => match bytes.strip_prefix(MARK).map(std::str::from_utf8) {
+                Some(Ok(inner)) => inner.to_owned(),
+                _ => standard,
+            },
+            Err(_) => wire.to_owned(),
+        }
+    }
+
+    /// Serialize an IR signature in wire form.
+    pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_str(&to_wire(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Serialize a borrowed IR signature in wire form.
+    pub fn serialize_str<S: Serializer>(value: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_str(&to_wire(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialize a wire signature into IR form.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(|w| from_wire(&w)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn signatures_survive_the_sdk_echo() {
+            // An Anthropic-style signature (standard base64) through a Gemini client that
+            // echoes it url-safe and unpadded.
+            let sig = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx+/A==";
+            assert_eq!(to_wire(sig), sig);
+            let echoed = sig.replace('+', "-").replace('/', "_").trim_end_matches('=').to_owned();
+            assert_eq!(from_wire(&echoed), sig);
+            // Not base64 at all: wrapped, decodable, and unwrapped on the way back.
+            let odd = "sig:abc!";
+            let wire = to_wire(odd);
+            assert!(STANDARD.decode(&wire).is_ok());
+            assert_eq!(from_wire(&wire), odd);
+            // Unparseable but base64-looking text is left alone both ways.
+            assert_eq!(to_wire("sig-a"), "sig-a");
+            assert_eq!(from_wire("sig-a"), "sig-a");
+        }
+    }
 }
