@@ -3026,7 +3026,11 @@ pub mod thought_signature {
             // echoes it url-safe and unpadded.
             let sig = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx+/A==";
             assert_eq!(to_wire(sig), sig);
-            let echoed = sig.replace('+', "-").replace('/', "_").trim_end_matches('=').to_owned();
+            let echoed = sig
+                .replace('+', "-")
+                .replace('/', "_")
+                .trim_end_matches('=')
+                .to_owned();
             assert_eq!(from_wire(&echoed), sig);
             // Not base64 at all: wrapped, decodable, and unwrapped on the way back.
             let odd = "sig:abc!";
