@@ -382,7 +382,7 @@ async fn anthropic_thinking_and_tool_use_json() {
     assert_eq!(
         v["content"],
         json!([
-            {"type": "thinking", "thinking": "Let me think.", "signature": format!("EqQBmock{n:08}")},
+            {"type": "thinking", "thinking": "Let me think.", "signature": format!("EqQBmock{n:0>8}")},
             {"type": "text", "text": "Hello from"}
         ])
     );
@@ -520,7 +520,7 @@ async fn anthropic_thinking_stream() {
     assert_eq!(s.blocks.len(), 2);
     assert_eq!(s.blocks[0].start["type"], "thinking");
     assert_eq!(s.blocks[0].thinking, "Let me think.");
-    assert_eq!(s.blocks[0].signature, format!("EqQBmock{n:08}"));
+    assert_eq!(s.blocks[0].signature, format!("EqQBmock{n:0>8}"));
     assert!(s.blocks[0].text.is_empty());
     assert_eq!(s.blocks[1].start["type"], "text");
     assert_eq!(s.blocks[1].text, "Hello from the");
