@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// On shutdown, how long in-flight requests and streams may take to finish.
     pub drain_timeout_ms: u64,
+    /// Open client connections at most; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 30_000,
             body_timeout_ms: 60_000,
             drain_timeout_ms: 30_000,
+            max_connections: 16_384,
         }
     }
 }

@@ -157,7 +157,18 @@ impl Gateway {
             .keep_alive(true)
             .max_buf_size(256 * 1024);
         tokio::pin!(shutdown);
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.server.max_connections.max(1),
+        ));
         loop {
+            // At the connection limit, stop accepting until one closes.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -188,6 +199,7 @@ impl Gateway {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 () = &mut shutdown => break,

@@ -749,3 +749,30 @@ async fn client_disconnect_before_the_answer_cancels_the_attempt() {
     assert_eq!(rec.outcome, Outcome::Cancelled);
     assert!(rec.latency_ms < 1000, "settled after {} ms", rec.latency_ms);
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = mock(tokens(1)).await;
+    let gw = gateway_with("max_connections = 1", &channel("a", &up.base_url(), &["m"])).await;
+    let addr = gw.running.addr;
+    let get = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first.write_all(get).await.unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        first.read(&mut buf).await.unwrap() > 0,
+        "the first connection is served"
+    );
+    // The second connection is in the backlog, not served, while the first is open.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second.write_all(get).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "served over the limit");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(3), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}

@@ -24,8 +24,13 @@ pub struct TestGateway {
 
 /// Start a gateway whose config is `keys + body` (channels and presets in TOML).
 pub async fn gateway(toml_body: &str) -> TestGateway {
+    gateway_with("", toml_body).await
+}
+
+/// A gateway with extra `[server]` settings.
+pub async fn gateway_with(server: &str, toml_body: &str) -> TestGateway {
     let text = format!(
-        "[server]\nmax_body_bytes = 65536\ndrain_timeout_ms = 5000\n\n[[keys]]\nname = \"test\"\nkey = \"{KEY}\"\n\n{toml_body}"
+        "[server]\nmax_body_bytes = 65536\ndrain_timeout_ms = 5000\n{server}\n\n[[keys]]\nname = \"test\"\nkey = \"{KEY}\"\n\n{toml_body}"
     );
     let config = GatewayConfig::parse(&text).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
     let sink = MemorySink::new(1000);
