@@ -268,3 +268,39 @@ async fn cross_dialect_failover_before_the_first_byte() {
     assert_eq!((rec.attempts, rec.channel.as_deref()), (2, Some("oai")));
     assert_eq!(broken.stats().requests, 1);
 }
+
+#[tokio::test]
+async fn a_feature_one_upstream_lacks_moves_on_to_one_that_has_it() {
+    let up = MockServer::start(Behavior {
+        tokens: 2,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = gateway(&format!(
+        "{}{}[[presets]]\nname = \"p\"\n[[presets.items]]\nchannels = [\"claude\"]\nmodel = \"m\"\n[[presets.items]]\nchannels = [\"oai\"]\nmodel = \"m\"\n\
+         [[presets]]\nname = \"claude-only\"\n[[presets.items]]\nchannels = [\"claude\"]\nmodel = \"m\"\n",
+        dialect_channel("claude", "anthropic", &format!("http://{}", up.addr()), &["m"]),
+        channel("oai", &up.base_url(), &["m"]),
+    ))
+    .await;
+    // JSON mode has no Anthropic form: the OpenAI item serves it; nothing was sent to
+    // the Anthropic route.
+    let mut req = chat("p", false);
+    req["response_format"] = json!({"type": "json_object"});
+    let r = gw.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(up.requests().iter().all(|q| q.path != "/v1/messages"));
+    // With no other choice the client learns why, as a 400.
+    req["model"] = json!("claude-only");
+    let r = gw.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_format"),
+        "{}",
+        r.json()
+    );
+}

@@ -318,7 +318,9 @@ impl Relay {
                         match err.disposition() {
                             Disposition::Fatal => return Err(err),
                             Disposition::Failover => {
-                                channel.health.on_failure(&table.board);
+                                if err.side() == Side::Upstream {
+                                    channel.health.on_failure(&table.board);
+                                }
                                 dead.insert(&channel);
                             }
                             Disposition::Retry => {
@@ -367,7 +369,15 @@ impl Relay {
             model,
         };
         let adapter = &channel.adapter;
-        let request = adapter.build_request(&call)?;
+        // A request this channel cannot express (a feature its dialect lacks) never left:
+        // another channel or item may take it. If none can, the client gets this reason.
+        let request = adapter.build_request(&call).map_err(|e| {
+            if e.disposition() == Disposition::Fatal {
+                e.with_disposition(Disposition::Failover)
+            } else {
+                e
+            }
+        })?;
         let sent = Instant::now();
         let first_byte = (sent + route.timeouts.first_byte()).min(deadline);
         let response = match timeout_at(first_byte.into(), self.inner.client.send(request)).await {
