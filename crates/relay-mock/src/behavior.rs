@@ -53,6 +53,26 @@ pub struct Behavior {
     pub send_usage: bool,
     /// Model name echoed in responses (default: the request's model).
     pub model: Option<String>,
+    /// Extra delay before the head, uniformly random in `[0, jitter]`, added
+    /// to `latency` (default 0).
+    pub jitter: Duration,
+    /// Non-streaming OpenAI chat answers: pad the message content so the
+    /// JSON body is this many bytes (default `None`: the natural size of
+    /// `tokens` words). A body whose natural size is larger is not cut.
+    pub body_bytes: Option<usize>,
+    /// Benchmark fast path: `POST /v1/chat/completions` requests without
+    /// `x-mock-*` headers are answered from bytes rendered once when the
+    /// behavior is installed (no JSON parsing of the request, no recording,
+    /// model `model` or `"mock-model"`, prompt tokens fixed at 16). The
+    /// request body is only scanned for `"stream":true` and
+    /// `"include_usage":true`. Ignored while `status` is set. Default false.
+    pub prerendered: bool,
+    /// With `prerendered`: every streamed chunk's `system_fingerprint` is
+    /// `"fp_t"` followed by the wall-clock time it was handed to the
+    /// connection, in nanoseconds since the Unix epoch (19 digits), so a
+    /// client on the same machine can measure each frame's transit time.
+    /// Default false.
+    pub stamp_frames: bool,
 }
 
 impl Default for Behavior {
@@ -70,6 +90,10 @@ impl Default for Behavior {
             tool_calls: 1,
             send_usage: true,
             model: None,
+            jitter: Duration::ZERO,
+            body_bytes: None,
+            prerendered: false,
+            stamp_frames: false,
         }
     }
 }
@@ -89,6 +113,13 @@ pub(crate) struct Plan<'a> {
     pub(crate) tool_calls: u32,
     pub(crate) send_usage: bool,
     pub(crate) model: Option<&'a str>,
+    pub(crate) jitter: Duration,
+    pub(crate) body_bytes: Option<usize>,
+}
+
+/// Whether `headers` carry any `x-mock-*` override.
+pub(crate) fn has_overrides(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().starts_with("x-mock-"))
 }
 
 /// Parses a header value leniently: `None` when absent or malformed.
@@ -113,7 +144,7 @@ impl<'a> Plan<'a> {
     /// Merges `behavior` with the overrides found in `headers`.
     pub(crate) fn new(behavior: &'a Behavior, headers: &HeaderMap) -> Plan<'a> {
         // Fast path: benchmarks send no override headers at all.
-        let has_overrides = headers.keys().any(|k| k.as_str().starts_with("x-mock-"));
+        let has_overrides = has_overrides(headers);
         let mut plan = Plan {
             latency: behavior.latency,
             tokens: behavior.tokens,
@@ -126,6 +157,8 @@ impl<'a> Plan<'a> {
             tool_calls: behavior.tool_calls,
             send_usage: behavior.send_usage,
             model: behavior.model.as_deref(),
+            jitter: behavior.jitter,
+            body_bytes: behavior.body_bytes,
         };
         if has_overrides {
             plan.apply_overrides(headers);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -47,7 +47,7 @@ impl Body for MockBody {
     fn is_end_stream(&self) -> bool {
         match self {
             MockBody::Full(bytes) => bytes.is_none(),
-            MockBody::Sse(sse) => sse.next >= sse.ends.len(),
+            MockBody::Sse(sse) => sse.next >= sse.frames.ends.len(),
         }
     }
 
@@ -69,6 +69,60 @@ pub(crate) struct Pacing {
     pub(crate) cut_after: Option<u32>,
 }
 
+/// A rendered stream that any number of bodies can hand out at once: the
+/// frames of a [`Frames`] behind reference counts.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedFrames {
+    data: Bytes,
+    ends: Arc<[usize]>,
+    content: Arc<ContentFrames>,
+    finish: usize,
+    first_token: usize,
+    /// Per frame, where its send-time stamp goes (`stamp_frames`).
+    stamps: Option<Arc<[Option<usize>]>>,
+}
+
+impl SharedFrames {
+    /// Shares `frames`; `stamps` gives, per frame, the offset (from the
+    /// frame's start) of [`STAMP_DIGITS`] digits to overwrite with the send
+    /// time.
+    pub(crate) fn new(frames: Frames, stamps: Option<Vec<Option<usize>>>) -> SharedFrames {
+        SharedFrames {
+            data: Bytes::from(frames.data),
+            ends: frames.ends.into(),
+            content: Arc::new(frames.content),
+            finish: frames.finish,
+            first_token: frames.first_token,
+            stamps: stamps.map(Into::into),
+        }
+    }
+
+    fn cut_index(&self, n: u32) -> usize {
+        crate::render::cut_index(&self.content, self.finish, n)
+    }
+}
+
+impl From<Frames> for SharedFrames {
+    fn from(frames: Frames) -> SharedFrames {
+        SharedFrames::new(frames, None)
+    }
+}
+
+/// Digits of a send-time stamp: nanoseconds since the Unix epoch.
+pub(crate) const STAMP_DIGITS: usize = 19;
+
+/// Writes the current wall-clock time, in nanoseconds since the Unix epoch,
+/// as [`STAMP_DIGITS`] zero-padded digits into `out`.
+fn write_stamp(out: &mut [u8]) {
+    let mut ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (ns % 10) as u8;
+        ns /= 10;
+    }
+}
+
 /// A pre-rendered stream (SSE in every dialect, or Gemini's streamed JSON
 /// array) handed out one frame at a time.
 ///
@@ -77,14 +131,9 @@ pub(crate) struct Pacing {
 /// produced counts the stream as cancelled.
 #[derive(Debug)]
 pub(crate) struct SseBody {
-    data: Bytes,
-    ends: Vec<usize>,
+    frames: SharedFrames,
     /// Index of the next frame to produce.
     next: usize,
-    /// Which frames are content frames.
-    content: ContentFrames,
-    /// Index of the frame `stall_first_token` delays.
-    first_token: usize,
     /// Frame index at which the stream is cut instead.
     cut_at: Option<usize>,
     pacing: Pacing,
@@ -101,7 +150,7 @@ pub(crate) struct SseBody {
 
 impl SseBody {
     pub(crate) fn new(
-        frames: Frames,
+        frames: SharedFrames,
         pacing: Pacing,
         shared: Arc<Shared>,
         cut: Arc<AtomicBool>,
@@ -109,11 +158,8 @@ impl SseBody {
         shared.stats.streams_started.fetch_add(1, Ordering::Relaxed);
         let cut_at = pacing.cut_after.map(|n| frames.cut_index(n));
         SseBody {
-            data: Bytes::from(frames.data),
-            ends: frames.ends,
+            frames,
             next: 0,
-            content: frames.content,
-            first_token: frames.first_token,
             cut_at,
             pacing,
             delay_done: false,
@@ -128,10 +174,10 @@ impl SseBody {
     /// The pause owed before frame `i`.
     fn delay_before(&self, i: usize) -> Duration {
         let mut delay = Duration::ZERO;
-        if i == self.first_token {
+        if i == self.frames.first_token {
             delay += self.pacing.stall_first_token;
         }
-        if self.content.is_later(i) {
+        if self.frames.content.is_later(i) {
             delay += self.pacing.chunk_interval;
         }
         delay
@@ -142,7 +188,8 @@ impl SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let i = self.next;
-        if i >= self.ends.len() {
+        let ends = &self.frames.ends;
+        if i >= ends.len() {
             return Poll::Ready(None);
         }
         if self.ended {
@@ -177,9 +224,21 @@ impl SseBody {
         }
         self.delay_done = false;
         self.next += 1;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        let frame = self.data.slice(start..self.ends[i]);
-        if self.next == self.ends.len() {
+        let ends = &self.frames.ends;
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        let mut frame = self.frames.data.slice(start..ends[i]);
+        let last = self.next == ends.len();
+        let stamp_at = self
+            .frames
+            .stamps
+            .as_ref()
+            .and_then(|s| s.get(i).copied().flatten());
+        if let Some(at) = stamp_at.filter(|&at| at + STAMP_DIGITS <= frame.len()) {
+            let mut stamped = BytesMut::from(&frame[..]);
+            write_stamp(&mut stamped[at..at + STAMP_DIGITS]);
+            frame = stamped.freeze();
+        }
+        if last {
             self.ended = true;
             self.shared
                 .stats

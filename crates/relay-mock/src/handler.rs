@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::behavior::Plan;
-use crate::body::{MockBody, Pacing, SseBody};
-use crate::render::{self, Answer, Frames, Meta, ToolCall};
-use crate::{RecordedRequest, Shared, anthropic, gemini};
+use crate::behavior::{Plan, has_overrides};
+use crate::body::{MockBody, Pacing, SharedFrames, SseBody};
+use crate::render::{self, Answer, Meta, ToolCall};
+use crate::{RecordedRequest, Shared, anthropic, bench, gemini};
 
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -118,6 +118,30 @@ pub(crate) async fn handle(
             ));
         }
     };
+    if parts.method == Method::GET && parts.uri.path() == "/__relay_mock/stats" {
+        return Ok(bench::stats(&shared));
+    }
+    let state = shared.behavior();
+    let plan = Plan::new(&state.behavior, &parts.headers);
+    let jitter = bench::jitter(
+        plan.jitter,
+        shared.stats.requests.load(Ordering::Relaxed) ^ 0x5bd1_e995,
+    );
+    let delay = plan.stall + plan.latency + jitter;
+
+    // The benchmark fast path: no recording, no JSON parsing.
+    if let Some(pre) = state.prerendered.as_ref() {
+        if parts.method == Method::POST
+            && parts.uri.path() == "/v1/chat/completions"
+            && !has_overrides(&parts.headers)
+        {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            return Ok(pre.respond(&shared, cut, &plan, &body));
+        }
+    }
+
     shared.record(RecordedRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
@@ -126,10 +150,6 @@ pub(crate) async fn handle(
         body: body.clone(),
     });
 
-    let state = shared.behavior();
-    let plan = Plan::new(&state.behavior, &parts.headers);
-
-    let delay = plan.stall + plan.latency;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -200,7 +220,7 @@ pub(crate) fn stream_response(
     shared: &Arc<Shared>,
     cut: Arc<AtomicBool>,
     plan: &Plan<'_>,
-    frames: Frames,
+    frames: impl Into<SharedFrames>,
     content_type: &HeaderValue,
 ) -> Response<MockBody> {
     let pacing = Pacing {
@@ -209,7 +229,7 @@ pub(crate) fn stream_response(
         cut_after: plan.cut_after,
     };
     let mut resp = Response::new(MockBody::Sse(SseBody::new(
-        frames,
+        frames.into(),
         pacing,
         Arc::clone(shared),
         cut,
@@ -419,10 +439,11 @@ fn chat(
         let frames = render::stream(&meta, &answer, include_usage);
         stream_response(shared, cut, plan, frames, &EVENT_STREAM)
     } else {
-        json_response(
-            StatusCode::OK,
-            render::completion(&meta, &answer, plan.send_usage),
-        )
+        let mut out = render::completion(&meta, &answer, plan.send_usage);
+        if let Some(target) = plan.body_bytes {
+            render::pad_completion(&mut out, target);
+        }
+        json_response(StatusCode::OK, out)
     }
 }
 
@@ -469,7 +490,7 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-fn splitmix64(mut x: u64) -> u64 {
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -78,6 +78,15 @@
 //! the answer finish (no `finish_reason`/`[DONE]`, no `message_delta`, no
 //! `finishReason` chunk).
 //!
+//! # Benchmarks
+//!
+//! [`Behavior::prerendered`] answers `POST /v1/chat/completions` from bytes
+//! rendered once (no per-request JSON work), [`Behavior::body_bytes`] sets
+//! the size of non-streaming answers, [`Behavior::jitter`] adds a random
+//! delay, and [`Behavior::stamp_frames`] writes each stream frame's send
+//! time into it. `GET /__relay_mock/stats` reports the counters and the
+//! process's CPU time, from which a harness derives the mock's ceiling.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -94,6 +103,7 @@
 
 mod anthropic;
 mod behavior;
+mod bench;
 mod body;
 mod conn;
 mod gemini;
@@ -111,10 +121,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::{Mutex, RwLock};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use behavior::Behavior;
+
+/// The listening socket's accept queue length.
+const LISTEN_BACKLOG: u32 = 16_384;
 
 /// How many requests [`MockServer::requests`] keeps.
 pub const RECORDED_REQUESTS: usize = 64;
@@ -165,6 +178,18 @@ struct Counters {
 struct BehaviorState {
     behavior: Behavior,
     served: AtomicU64,
+    /// The fast path's answers (`Behavior::prerendered`).
+    prerendered: Option<bench::Prerendered>,
+}
+
+impl BehaviorState {
+    fn new(behavior: Behavior) -> BehaviorState {
+        BehaviorState {
+            prerendered: bench::Prerendered::new(&behavior),
+            behavior,
+            served: AtomicU64::new(0),
+        }
+    }
 }
 
 /// State shared by the server handle and every connection.
@@ -209,13 +234,19 @@ impl MockServer {
 
     /// Binds `addr` and serves in a spawned tokio task.
     pub async fn bind(addr: SocketAddr, behavior: Behavior) -> std::io::Result<MockServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deep accept queue: load tests open thousands of connections at
+        // once (the kernel caps it at net.core.somaxconn).
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            behavior: RwLock::new(Arc::new(BehaviorState {
-                behavior,
-                served: AtomicU64::new(0),
-            })),
+            behavior: RwLock::new(Arc::new(BehaviorState::new(behavior))),
             stats: Counters::default(),
             recorded: Mutex::new(VecDeque::with_capacity(RECORDED_REQUESTS)),
             next_id: AtomicU64::new(1),
@@ -244,10 +275,7 @@ impl MockServer {
     /// Replaces the behavior; applies to requests that arrive later. Also
     /// restarts the `fail_first` count.
     pub fn set_behavior(&self, behavior: Behavior) {
-        *self.shared.behavior.write() = Arc::new(BehaviorState {
-            behavior,
-            served: AtomicU64::new(0),
-        });
+        *self.shared.behavior.write() = Arc::new(BehaviorState::new(behavior));
     }
 
     /// The current behavior.

@@ -45,6 +45,22 @@ struct Args {
     /// Model name echoed in responses (default: the request's model).
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
+    /// Random extra delay before every response head, uniform in [0, N]
+    /// milliseconds (fractions allowed, e.g. 0.2).
+    #[arg(long, value_name = "N", default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Pad non-streaming OpenAI chat answers to this many bytes of JSON.
+    #[arg(long, value_name = "N")]
+    body_bytes: Option<usize>,
+    /// Benchmark fast path: answer POST /v1/chat/completions from bytes
+    /// rendered once at start (no request parsing or recording; model
+    /// --model or "mock-model").
+    #[arg(long)]
+    prerendered: bool,
+    /// With --prerendered: stamp each stream chunk's system_fingerprint with
+    /// its send time ("fp_t" + nanoseconds since the Unix epoch).
+    #[arg(long, requires = "prerendered")]
+    stamp_frames: bool,
 }
 
 /// The routes, shown by `--help` after the options.
@@ -66,7 +82,11 @@ Credentials are recorded, never checked. Faults use each dialect's error body.
 Requests can override most settings with x-mock-* headers (x-mock-status,
 x-mock-retry-after, x-mock-latency-ms, x-mock-tokens, x-mock-chunk-interval-ms,
 x-mock-cut-after, x-mock-stall-ms, x-mock-stall-first-token-ms,
-x-mock-tool-calls).";
+x-mock-tool-calls).
+
+GET /__relay_mock/stats reports the counters and the mock's CPU time
+(cpu_ticks at ticks_per_second): its ceiling on one core is requests per CPU
+second.";
 
 impl Args {
     fn behavior(&self) -> Behavior {
@@ -79,6 +99,11 @@ impl Args {
             fail_first: self.fail_first,
             tool_calls: self.tool_calls,
             model: self.model.clone(),
+            jitter: Duration::try_from_secs_f64(self.jitter_ms.max(0.0) / 1000.0)
+                .unwrap_or_default(),
+            body_bytes: self.body_bytes,
+            prerendered: self.prerendered,
+            stamp_frames: self.stamp_frames,
             ..Behavior::default()
         }
     }

@@ -264,6 +264,37 @@ pub(crate) fn completion(meta: &Meta<'_>, answer: &Answer, send_usage: bool) -> 
     out
 }
 
+/// Pads the text content of a rendered `chat.completion` body with more
+/// words so the body is `target` bytes long; a body that is already as long
+/// (or that has no text content, e.g. tool calls) is left as it is.
+pub(crate) fn pad_completion(out: &mut Vec<u8>, target: usize) {
+    const CONTENT_END: &[u8] = b"\",\"refusal\":null}";
+    let deficit = target.saturating_sub(out.len());
+    if deficit == 0 || !out.starts_with(b"{\"id\":") {
+        return;
+    }
+    let Some(at) = out
+        .windows(CONTENT_END.len())
+        .position(|w| w == CONTENT_END)
+    else {
+        return;
+    };
+    if out[..at].ends_with(b"\"content\":null") {
+        return;
+    }
+    let mut filler = Vec::with_capacity(deficit + 16);
+    let mut i = 0;
+    while filler.len() < deficit {
+        filler.push(b' ');
+        filler.extend_from_slice(word(i).as_bytes());
+        i += 1;
+    }
+    filler.truncate(deficit);
+    // WORDS are plain ASCII with nothing JSON escapes, so a word cut short
+    // is still valid string content.
+    out.splice(at..at, filler);
+}
+
 /// A fully rendered stream: all frames back to back in one buffer.
 ///
 /// The dialects differ in framing (OpenAI and Gemini SSE `data:` frames,
@@ -320,12 +351,16 @@ impl ContentFrames {
 
 impl Frames {
     /// The frame index a `cut_after: n` stream is cut at.
+    #[cfg(test)]
     pub(crate) fn cut_index(&self, n: u32) -> usize {
-        self.content
-            .nth(n as usize)
-            .unwrap_or(self.finish)
-            .min(self.finish)
+        cut_index(&self.content, self.finish, n)
     }
+}
+
+/// The frame index a `cut_after: n` stream with these content frames and
+/// this finish frame is cut at.
+pub(crate) fn cut_index(content: &ContentFrames, finish: usize, n: u32) -> usize {
+    content.nth(n as usize).unwrap_or(finish).min(finish)
 }
 
 /// Splits `s` into about three fragments on char boundaries.
@@ -550,6 +585,23 @@ mod tests {
                 let _: serde_json::Value = serde_json::from_str(json).unwrap();
             }
             start = end;
+        }
+    }
+
+    #[test]
+    fn padded_completion_has_the_target_size() {
+        for target in [0, 100, 400, 1400, 10_240] {
+            let mut out = completion(&meta(), &Answer::Text { tokens: 1 }, true);
+            let natural = out.len();
+            pad_completion(&mut out, target);
+            assert_eq!(out.len(), target.max(natural));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert!(
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Hello")
+            );
         }
     }
 

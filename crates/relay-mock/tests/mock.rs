@@ -865,3 +865,51 @@ async fn keep_alive_reuses_connections_and_shutdown_stops_serving() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn prerendered_answers_have_the_set_size_and_stamped_frames() {
+    let server = MockServer::start(Behavior {
+        prerendered: true,
+        stamp_frames: true,
+        tokens: 4,
+        body_bytes: Some(1400),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let resp = post(&server, "/v1/chat/completions", chat_body(false, false)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes.len(), 1400);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["model"], "mock-model");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello from the relay")
+    );
+    // The fast path records nothing.
+    assert!(server.requests().is_empty());
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let resp = post(&server, "/v1/chat/completions", chat_body(true, true)).await;
+    let (events, _) = read_events(resp.into_body()).await;
+    let chunks = parse_chunks(&events);
+    // Role chunk, 4 words, finish chunk, usage chunk.
+    assert_eq!(chunks.len(), 7);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert!(chunks.last().unwrap()["usage"]["completion_tokens"] == 4);
+    for chunk in &chunks {
+        let fp = chunk["system_fingerprint"].as_str().unwrap();
+        let ns: u128 = fp.strip_prefix("fp_t").unwrap().parse().unwrap();
+        assert!(ns >= before, "stamp {ns} before the request {before}");
+    }
+
+    let stats = json_body(send(&server, Method::GET, "/__relay_mock/stats", &[], None).await).await;
+    assert_eq!(stats["streams_completed"], 1);
+    assert_eq!(stats["requests"], 3);
+}
