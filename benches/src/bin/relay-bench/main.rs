@@ -611,6 +611,7 @@ fn main() -> ExitCode {
         "tool": "relay-bench",
         "stamp": bench.stamp,
         "smoke": bench.args.smoke,
+        "peers": bench.args.peers,
         "scenarios": selected,
         "rounds_per_load": if bench.args.smoke { 2 } else { bench.args.rounds },
         "machine": machine,

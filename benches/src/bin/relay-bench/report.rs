@@ -641,11 +641,7 @@ pub(crate) fn markdown(doc: &Value) -> String {
         },
         doc["nice"],
         doc["rounds_per_load"],
-        if doc["versions"]["litellm"].is_null() && doc["versions"]["portkey"].is_null() {
-            ""
-        } else {
-            ", peers"
-        }
+        if doc["peers"] == true { ", peers" } else { "" }
     );
     let v = &doc["versions"];
     let _ = writeln!(
