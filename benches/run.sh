@@ -6,6 +6,7 @@
 #   benches/run.sh --smoke              a few seconds per scenario: proves the harness works
 #   benches/run.sh --scenario overhead --scenario streaming
 #   benches/run.sh --peers              also LiteLLM proxy 1.93.0 (PyPI) and Portkey 1.15.2 (npm)
+#   benches/run.sh --smoke --debug      the CI smoke run: debug binaries (no release build)
 #
 # Every other flag goes to relay-bench (see `target/release/relay-bench --help`):
 # --rounds N, --max-load F, --allow-busy, --no-pin, --port-base P.
@@ -21,20 +22,28 @@ PORTKEY_VERSION=1.15.2
 
 smoke=0
 peers=0
+profile=release
 args=()
 for a in "$@"; do
     case "$a" in
         --smoke) smoke=1; args+=("$a") ;;
         --peers) peers=1; args+=("$a") ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --debug) profile=debug ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
 done
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-say "building release binaries (relay-gateway, relay-mock, relay-load, relay-bench)"
-cargo build --release -p relay-benches -p relay-gateway -p relay-mock >&2
+if [ "$profile" = release ]; then
+    say "building release binaries (relay-gateway, relay-mock, relay-load, relay-bench)"
+    cargo build --locked --release -p relay-benches -p relay-gateway -p relay-mock >&2
+else
+    say "building debug binaries (numbers from a debug build mean nothing; smoke only)"
+    cargo build --locked -p relay-benches -p relay-gateway -p relay-mock >&2
+fi
+args+=(--bin-dir "$root/target/$profile")
 
 # The floor: Debian's nginx. Installed when missing and apt is usable; otherwise the
 # nginx target is skipped, loudly.
@@ -78,4 +87,4 @@ fi
 [ "$smoke" = 1 ] && say "smoke run: a few seconds per scenario; the numbers are not for publication"
 # More descriptors for thousands of connections.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec "$root/target/release/relay-bench" --root "$root" "${args[@]}"
+exec "$root/target/$profile/relay-bench" --root "$root" "${args[@]}"
