@@ -51,6 +51,10 @@ struct Args {
     /// Measured duration, seconds.
     #[arg(long, short = 'd', default_value_t = 5.0)]
     duration: f64,
+    /// Closed loop: stop after this many requests in all (warm-up included), or at the
+    /// end of the duration, whichever comes first (for instruction counting).
+    #[arg(long, short = 'n', conflicts_with = "rate")]
+    requests: Option<u64>,
     /// Warm-up before the measured window, seconds (requests sent, not
     /// recorded).
     #[arg(long, default_value_t = 1.0)]
@@ -118,6 +122,8 @@ struct Ctx {
     connections_opened: AtomicU64,
     /// Successful answers, warm-up and drain included (for CPU per request).
     completed_all: AtomicU64,
+    /// Requests left to send (`--requests`), u64::MAX when unlimited.
+    tickets: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
 }
@@ -225,6 +231,13 @@ fn secs(s: f64) -> Duration {
 async fn closed_worker(ctx: Arc<Ctx>) {
     let mut sender: Option<Sender> = None;
     while Instant::now() < ctx.stop_at {
+        if ctx
+            .tickets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1))
+            .is_err()
+        {
+            break;
+        }
         let s = match sender.as_mut() {
             Some(s) => s,
             None => match ctx.connect().await {
@@ -326,6 +339,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         recorder: Mutex::new(Recorder::new()?),
         connections_opened: AtomicU64::new(0),
         completed_all: AtomicU64::new(0),
+        tickets: AtomicU64::new(args.requests.unwrap_or(u64::MAX)),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
     });
