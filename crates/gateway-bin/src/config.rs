@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Open client connections at most; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Worker threads, each running its own single-threaded runtime on a shared
+    /// listener (a request stays on one thread: no cross-thread wake-ups). 0 = one per
+    /// CPU this process may run on.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 60_000,
             drain_timeout_ms: 30_000,
             max_connections: 16_384,
+            workers: 0,
         }
     }
 }

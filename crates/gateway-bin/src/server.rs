@@ -48,6 +48,8 @@ pub struct Gateway {
     gemini: Option<CodecClient>,
     /// Built-in mock upstreams, by channel id (`provider = "mock"` without a base_url).
     mocks: Mutex<HashMap<String, MockServer>>,
+    /// Client connection slots (`server.max_connections`), shared by every worker.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -93,6 +95,9 @@ impl Gateway {
             anthropic: client(DialectId::ANTHROPIC_MESSAGES),
             gemini: client(DialectId::GEMINI),
             mocks,
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                config.server.max_connections.max(1),
+            )),
         }))
     }
 
@@ -157,9 +162,7 @@ impl Gateway {
             .keep_alive(true)
             .max_buf_size(256 * 1024);
         tokio::pin!(shutdown);
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.server.max_connections.max(1),
-        ));
+        let slots = self.slots.clone();
         loop {
             // At the connection limit, stop accepting until one closes.
             let slot = tokio::select! {

@@ -1,4 +1,8 @@
-//! The shared upstream HTTP client: pooled keep-alive connections, TCP_NODELAY, rustls.
+//! The upstream HTTP client: pooled keep-alive connections, TCP_NODELAY, rustls.
+//!
+//! Each thread gets its own pool: a connection's I/O task runs on the runtime that
+//! opened it, so with one single-threaded runtime per worker (the gateway's model) a
+//! request and its upstream connection never wake another thread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +13,22 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 
 use crate::config::UpstreamSettings;
 use crate::error::{ErrorKind, RelayError, Side};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// A pooled HTTP/1.1 client for upstream calls (http and https).
+type PooledClient = Client<Connector, Full<Bytes>>;
+
+/// A pooled HTTP/1.1 client for upstream calls (http and https), one pool per thread.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: Client<Connector, Full<Bytes>>,
+    connector: Connector,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    pools: Arc<ThreadLocal<PooledClient>>,
 }
 
 impl UpstreamClient {
@@ -46,13 +56,24 @@ impl UpstreamClient {
             .enable_http1()
             .wrap_connector(http);
 
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(settings.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
-        Ok(UpstreamClient { inner })
+        Ok(UpstreamClient {
+            connector,
+            pool_idle_timeout: Duration::from_millis(settings.pool_idle_timeout_ms),
+            pool_max_idle_per_host: settings.pool_max_idle_per_host,
+            pools: Arc::new(ThreadLocal::new()),
+        })
+    }
+
+    /// This thread's pool, built on first use.
+    fn pool(&self) -> &PooledClient {
+        self.pools.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(self.pool_idle_timeout)
+                .pool_max_idle_per_host(self.pool_max_idle_per_host)
+                .build(self.connector.clone())
+        })
     }
 
     /// Send one request; connect failures and I/O errors become retryable relay errors.
@@ -61,7 +82,7 @@ impl UpstreamClient {
         req: http::Request<Bytes>,
     ) -> Result<http::Response<Incoming>, RelayError> {
         let req = req.map(Full::new);
-        self.inner.request(req).await.map_err(|e| {
+        self.pool().request(req).await.map_err(|e| {
             if e.is_connect() {
                 RelayError::new(
                     ErrorKind::Connect,
