@@ -11,7 +11,8 @@
 # Each figure is (count of 1 + N iterations - count of 1 iteration) / N, so start-up and
 # set-up cancel out. Counts are user-space instructions only (no kernel, no waiting);
 # they move with the compiler, so the baseline is blessed on the toolchain CI uses.
-# Environment: ICOUNT_TOLERANCE=0.05 (fraction), ICOUNT_PROFILE=release.
+# Environment: ICOUNT_TOLERANCE=0.05 (fraction), ICOUNT_PROFILE=release,
+# ICOUNT_TARGETS="relay nginx" (--e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -168,7 +169,7 @@ EOF
 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 printf '%-8s %18s\n' target "instr/request"
-for kind in relay nginx; do
+for kind in ${ICOUNT_TARGETS:-relay nginx}; do
     if [ "$kind" = nginx ] && [ ! -x "$nginx_bin" ]; then
         echo "nginx    (not installed)"
         continue

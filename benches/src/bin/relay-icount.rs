@@ -44,6 +44,10 @@ const WORKLOADS: &[(&str, &str)] = &[
         "build the upstream body on the pass-through path",
     ),
     (
+        "openai_decode_response",
+        "read usage from a 1.4 KB non-streaming answer (pass-through path)",
+    ),
+    (
         "openai_passthrough_chunk",
         "observe and forward one stream chunk",
     ),
@@ -164,6 +168,31 @@ fn run(name: &str, iters: u64) -> Result<(), String> {
                     )
                     .map_err(|e| e.to_string())?;
                 build_loop(&registry, &req, 1)?;
+            }
+        }
+        "openai_decode_response" => {
+            let req = OpenAiDialect
+                .parse_request(Operation::Chat, BODY, &Default::default())
+                .map_err(|e| e.to_string())?;
+            let registry = relay_adapters::default_registry();
+            let adapter = registry.get("openai").ok_or("no adapter")?;
+            let channel = ChannelConfig::new("c", "openai");
+            let text = "relays and streams ".repeat(64);
+            let answer = Bytes::from(format!(
+                r#"{{"id":"chatcmpl-abc123","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":25,"completion_tokens":256,"total_tokens":281,"prompt_tokens_details":{{"cached_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0}}}},"system_fingerprint":"fp_1"}}"#
+            ));
+            for _ in 0..iters {
+                let call = UpstreamCall {
+                    request: &req,
+                    channel: &channel,
+                    base_url: "https://api.openai.com/v1",
+                    api_key: None,
+                    model: "gpt-4o-mini",
+                };
+                let decoded = adapter
+                    .decode_response(&call, answer.clone())
+                    .map_err(|e| e.to_string())?;
+                black_box(decoded.usage);
             }
         }
         "openai_passthrough_chunk" => {

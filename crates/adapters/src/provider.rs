@@ -332,7 +332,7 @@ impl Adapter for ProviderAdapter {
         if call.request.op == Operation::Embeddings
             || (self.same_dialect(call) && self.spec.dialect == DialectId::OPENAI_CHAT)
         {
-            let peek: ResponsePeek = serde_json::from_slice(&body).map_err(|e| {
+            let peek = ResponsePeek::from_body(&body).map_err(|e| {
                 RelayError::new(
                     ErrorKind::UpstreamProtocol,
                     Side::Upstream,

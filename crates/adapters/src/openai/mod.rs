@@ -5,6 +5,7 @@ mod codec;
 mod dialect;
 mod errors;
 pub(crate) mod peek;
+mod scan;
 mod stream;
 pub mod wire;
 

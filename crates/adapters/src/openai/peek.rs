@@ -65,6 +65,36 @@ pub(crate) struct ResponsePeek {
     pub(crate) data: Option<IgnoredAny>,
 }
 
+impl ResponsePeek {
+    /// Peek at a whole answer: a structural scan of its top level that decodes only
+    /// `usage` (a fraction of a full parse's cost on long answers), or serde when the scan
+    /// does not recognise the body, so malformed bodies get serde's precise error.
+    pub(crate) fn from_body(body: &[u8]) -> Result<ResponsePeek, serde_json::Error> {
+        let Some(members) = super::scan::top_level_members(body) else {
+            return serde_json::from_slice(body);
+        };
+        let mut peek = ResponsePeek {
+            usage: None,
+            error: None,
+            choices: None,
+            data: None,
+        };
+        for (key, value) in members {
+            if value == b"null" {
+                continue;
+            }
+            match key {
+                b"usage" => peek.usage = Some(serde_json::from_slice(value)?),
+                b"error" => peek.error = Some(IgnoredAny),
+                b"choices" => peek.choices = Some(IgnoredAny),
+                b"data" => peek.data = Some(IgnoredAny),
+                _ => {}
+            }
+        }
+        Ok(peek)
+    }
+}
+
 /// One stream chunk.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChunkPeek<'a> {
