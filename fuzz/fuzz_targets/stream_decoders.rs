@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
                 model: "m".into(),
                 stream: true,
                 include_usage: true,
-                body: JsonObject::new(),
+                body: JsonObject::default(),
                 prompt_chars: 4,
                 ir: None,
             };

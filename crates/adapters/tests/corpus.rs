@@ -47,7 +47,7 @@ fn inbound(client: DialectId, stream: bool) -> InboundRequest {
         model: "corpus-model".into(),
         stream,
         include_usage: true,
-        body: JsonObject::new(),
+        body: JsonObject::default(),
         prompt_chars: 40,
         ir: None,
     }

@@ -63,8 +63,11 @@ impl Operation {
 /// A JSON object whose values are kept as raw, unparsed JSON text, in their original order.
 ///
 /// The pass-through fast path edits a few top-level fields (`model`, `stream_options`)
-/// and writes every other value back byte for byte, unknown fields included.
-pub type JsonObject = IndexMap<String, Box<RawValue>>;
+/// and writes every other value back byte for byte, unknown fields included. Keys hash
+/// with foldhash (randomly seeded per map, so crafted keys cannot force collisions);
+/// SipHash was a few per cent of a request's instructions. Build one with
+/// `JsonObject::default()`.
+pub type JsonObject = IndexMap<String, Box<RawValue>, foldhash::fast::RandomState>;
 
 /// A decoded client request, ready for the engine.
 #[derive(Debug)]
