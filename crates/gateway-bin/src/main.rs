@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use relay_core::NullSink;
+use relay_gateway::cli;
+use relay_gateway::tenancy::Tenancy;
 use relay_gateway::{Gateway, GatewayConfig};
 
 /// Relay gateway: an OpenAI-compatible LLM API gateway with presets, failover and
@@ -30,6 +32,8 @@ enum Command {
         listen: Option<SocketAddr>,
         #[command(flatten)]
         log: LogArgs,
+        #[command(flatten)]
+        store: cli::ServeStoreArgs,
     },
     /// Validate a config file and print what it defines.
     Check {
@@ -42,6 +46,16 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// Apply the database migrations (under a lock) and exit.
+    Migrate(cli::DbArgs),
+    /// Create, list and revoke API keys in the store.
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
+    /// Add, list and test channels in the store.
+    #[command(subcommand)]
+    Channels(cli::ChannelsCommand),
+    /// Usage and cost report from the store.
+    Usage(cli::UsageArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,10 +107,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
+        Command::Migrate(db) => cli::run(cli::StoreCommand::Migrate(db)),
+        Command::Keys(c) => cli::run(cli::StoreCommand::Keys(c)),
+        Command::Channels(c) => cli::run(cli::StoreCommand::Channels(c)),
+        Command::Usage(u) => cli::run(cli::StoreCommand::Usage(u)),
         Command::Serve {
             config,
             listen,
             log,
+            store,
         } => {
             init_logs(&log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -109,7 +128,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, listen)) {
+            match runtime.block_on(serve(config, listen, store)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -164,12 +183,22 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> {
+async fn serve(
+    path: PathBuf,
+    listen: Option<SocketAddr>,
+    store: cli::ServeStoreArgs,
+) -> Result<(), String> {
     let config = load(&path)?;
     let addr = listen.unwrap_or(config.server.listen);
-    let gateway = Gateway::new(&config, Arc::new(NullSink))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (gateway, tenancy) = if store.no_store {
+        let gateway = Gateway::new(&config, Arc::new(NullSink))
+            .await
+            .map_err(|e| e.to_string())?;
+        (gateway, None)
+    } else {
+        let started = relay_gateway::tenancy::start(&config, &store.options(path.clone())).await?;
+        (started.gateway, Some(started.tenancy))
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -180,15 +209,25 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> 
         presets = config.presets.len(),
         "relay-gateway listening on http://{local}"
     );
-    spawn_reloader(gateway.clone(), path);
-    gateway
+    spawn_reloader(gateway.clone(), path, tenancy.clone());
+    let served = gateway
         .serve(listener, shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    if let Some(t) = tenancy {
+        // Every settled request's usage row is written (or spilled) before exit.
+        if tokio::time::timeout(std::time::Duration::from_secs(15), t.writer().flush())
+            .await
+            .is_err()
+        {
+            tracing::error!("usage writer did not flush within 15 s");
+        }
+    }
+    served
 }
 
 #[cfg(unix)]
-fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
+fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf, tenancy: Option<Arc<Tenancy>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; config reload is off");
@@ -196,9 +235,14 @@ fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let result = match load(&path) {
-                Ok(config) => gateway.reload(&config).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+            let result = match (load(&path), &tenancy) {
+                // With a store: re-seed it from the file, then apply what it holds.
+                (Ok(config), Some(t)) => match t.seed(&config).await {
+                    Ok(()) => t.reload(&gateway).await,
+                    Err(e) => Err(e),
+                },
+                (Ok(config), None) => gateway.reload(&config).await.map_err(|e| e.to_string()),
+                (Err(e), _) => Err(e),
             };
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
@@ -211,7 +255,7 @@ fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
 }
 
 #[cfg(not(unix))]
-fn spawn_reloader(_gateway: Arc<Gateway>, _path: PathBuf) {}
+fn spawn_reloader(_gateway: Arc<Gateway>, _path: PathBuf, _tenancy: Option<Arc<Tenancy>>) {}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

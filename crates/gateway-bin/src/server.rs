@@ -48,6 +48,8 @@ pub struct Gateway {
     gemini: Option<CodecClient>,
     /// Built-in mock upstreams, by channel id (`provider = "mock"` without a base_url).
     mocks: Mutex<HashMap<String, MockServer>>,
+    /// Keys, limits, quotas and the store, when the gateway runs with a database.
+    tenancy: std::sync::OnceLock<Arc<crate::tenancy::Tenancy>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -93,6 +95,7 @@ impl Gateway {
             anthropic: client(DialectId::ANTHROPIC_MESSAGES),
             gemini: client(DialectId::GEMINI),
             mocks,
+            tenancy: std::sync::OnceLock::new(),
         }))
     }
 
@@ -106,6 +109,25 @@ impl Gateway {
             .map_err(|e| StartError::Relay(e.into()))?;
         self.keys.store(Arc::new(keys));
         Ok(())
+    }
+
+    /// Swap in a new relay config (channels, presets) and leave the keys alone; for
+    /// changes that come from the store. A bad config is refused whole.
+    pub async fn reload_relay(&self, config: RelayConfig) -> Result<(), StartError> {
+        let relay_config = with_builtin_mocks(config, &self.mocks).await?;
+        self.relay
+            .reload(&relay_config)
+            .map_err(|e| StartError::Relay(e.into()))
+    }
+
+    /// Attach the tenancy layer (keys, limits, quotas from the store); once.
+    pub fn attach_tenancy(&self, tenancy: Arc<crate::tenancy::Tenancy>) {
+        let _ = self.tenancy.set(tenancy);
+    }
+
+    /// The tenancy layer, when the gateway runs with a store.
+    pub fn tenancy(&self) -> Option<&Arc<crate::tenancy::Tenancy>> {
+        self.tenancy.get()
     }
 
     /// The relay engine.

@@ -50,7 +50,9 @@ fn enqueue(c: &mut Criterion) {
     };
     let mut next = 0u64;
     let mut group = c.benchmark_group("usage");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     group.bench_function("enqueue", |b| {
         b.iter_custom(|iters| {
             let records: Vec<UsageRecord> = (0..iters).map(|i| record(next + i)).collect();

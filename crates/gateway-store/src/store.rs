@@ -15,8 +15,8 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::crypto::MasterKey;
 use crate::model::{
-    AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel,
-    StoredPreset, UsageGroup, UsageLine, UsageReport, UsageRow,
+    AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel, StoredPreset,
+    UsageGroup, UsageLine, UsageReport, UsageRow,
 };
 use crate::{StoreError, now_ms};
 
@@ -97,8 +97,7 @@ impl Store {
     /// when missing). Does not migrate: call [`Store::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-        {
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else {
             let path = url
@@ -106,8 +105,13 @@ impl Store {
                 .or_else(|| url.strip_prefix("sqlite:"))
                 .unwrap_or(url);
             let path = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir).await.map_err(StoreError::Io)?;
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(StoreError::Io)?;
             }
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         };
@@ -172,10 +176,12 @@ impl Store {
     /// The config version: bumped by every change to channels, presets, keys, pricing
     /// or plugins.
     pub async fn config_version(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT version FROM config_version WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>(0)?)
+        Ok(
+            sqlx::query("SELECT version FROM config_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get::<i64, _>(0)?,
+        )
     }
 
     /// Record a change: audit entry, version bump and (Postgres) `NOTIFY`, in `tx`.
@@ -298,15 +304,22 @@ impl Store {
         let (json, sealed) = self.seal_channel(config)?;
         let mut tx = self.pool.begin().await?;
         upsert_channel(&mut tx, &config.id, &json, sealed, Owner::Admin).await?;
-        self.changed(&mut tx, actor, "put", &format!("channel:{}", config.id), None)
-            .await?;
+        self.changed(
+            &mut tx,
+            actor,
+            "put",
+            &format!("channel:{}", config.id),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Delete a channel; false when there was none.
     pub async fn delete_channel(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
-        self.delete_row("channels", "id", id, actor, "channel").await
+        self.delete_row("channels", "id", id, actor, "channel")
+            .await
     }
 
     async fn delete_row(
@@ -360,8 +373,14 @@ impl Store {
         let json = serde_json::to_string(config)?;
         let mut tx = self.pool.begin().await?;
         upsert_preset(&mut tx, &config.name, &json, Owner::Admin).await?;
-        self.changed(&mut tx, actor, "put", &format!("preset:{}", config.name), None)
-            .await?;
+        self.changed(
+            &mut tx,
+            actor,
+            "put",
+            &format!("preset:{}", config.name),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -500,7 +519,12 @@ impl Store {
     }
 
     /// Add to a key's quota limit (a top-up), recorded in the ledger.
-    pub async fn grant_quota(&self, key_id: &str, amount: i64, actor: &str) -> Result<bool, StoreError> {
+    pub async fn grant_quota(
+        &self,
+        key_id: &str,
+        amount: i64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET quota_limit = COALESCE(quota_limit, 0) + $2 WHERE id = $1",
@@ -521,8 +545,14 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-            self.changed(&mut tx, actor, "grant", &format!("key:{key_id}"), Some(&amount.to_string()))
-                .await?;
+            self.changed(
+                &mut tx,
+                actor,
+                "grant",
+                &format!("key:{key_id}"),
+                Some(&amount.to_string()),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(done)
@@ -552,7 +582,12 @@ impl Store {
     }
 
     /// Set a model's price.
-    pub async fn put_price(&self, model: &str, price: &Price, actor: &str) -> Result<(), StoreError> {
+    pub async fn put_price(
+        &self,
+        model: &str,
+        price: &Price,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO pricing (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, owner, updated_at) \
@@ -624,8 +659,14 @@ impl Store {
         .bind(info.created_at)
         .execute(&mut *tx)
         .await?;
-        self.changed(&mut tx, actor, "put", &format!("plugin:{sha256}"), Some(&format!("{name} {version}")))
-            .await?;
+        self.changed(
+            &mut tx,
+            actor,
+            "put",
+            &format!("plugin:{sha256}"),
+            Some(&format!("{name} {version}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -677,12 +718,24 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let owners = |rows: Vec<AnyRow>| -> Result<Vec<(String, Owner)>, StoreError> {
             rows.iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, Owner::parse(&r.try_get::<String, _>(1)?))))
+                .map(|r| {
+                    Ok((
+                        r.try_get::<String, _>(0)?,
+                        Owner::parse(&r.try_get::<String, _>(1)?),
+                    ))
+                })
                 .collect()
         };
-        let existing_channels = owners(sqlx::query("SELECT id, owner FROM channels").fetch_all(&mut *tx).await?)?;
+        let existing_channels = owners(
+            sqlx::query("SELECT id, owner FROM channels")
+                .fetch_all(&mut *tx)
+                .await?,
+        )?;
         for ch in &seed.channels {
-            if existing_channels.iter().any(|(id, o)| id == &ch.id && *o == Owner::Admin) {
+            if existing_channels
+                .iter()
+                .any(|(id, o)| id == &ch.id && *o == Owner::Admin)
+            {
                 report.kept_admin.push(format!("channel:{}", ch.id));
                 continue;
             }
@@ -691,13 +744,23 @@ impl Store {
         }
         for (id, owner) in &existing_channels {
             if *owner == Owner::Config && !seed.channels.iter().any(|c| &c.id == id) {
-                sqlx::query("DELETE FROM channels WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM channels WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 report.removed.push(format!("channel:{id}"));
             }
         }
-        let existing_presets = owners(sqlx::query("SELECT name, owner FROM presets").fetch_all(&mut *tx).await?)?;
+        let existing_presets = owners(
+            sqlx::query("SELECT name, owner FROM presets")
+                .fetch_all(&mut *tx)
+                .await?,
+        )?;
         for p in &seed.presets {
-            if existing_presets.iter().any(|(id, o)| id == &p.name && *o == Owner::Admin) {
+            if existing_presets
+                .iter()
+                .any(|(id, o)| id == &p.name && *o == Owner::Admin)
+            {
                 report.kept_admin.push(format!("preset:{}", p.name));
                 continue;
             }
@@ -705,13 +768,23 @@ impl Store {
         }
         for (id, owner) in &existing_presets {
             if *owner == Owner::Config && !seed.presets.iter().any(|p| &p.name == id) {
-                sqlx::query("DELETE FROM presets WHERE name = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM presets WHERE name = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 report.removed.push(format!("preset:{id}"));
             }
         }
-        let existing_keys = owners(sqlx::query("SELECT id, owner FROM api_keys").fetch_all(&mut *tx).await?)?;
+        let existing_keys = owners(
+            sqlx::query("SELECT id, owner FROM api_keys")
+                .fetch_all(&mut *tx)
+                .await?,
+        )?;
         for (name, sha) in &seed.keys {
-            if existing_keys.iter().any(|(id, o)| id == name && *o == Owner::Admin) {
+            if existing_keys
+                .iter()
+                .any(|(id, o)| id == name && *o == Owner::Admin)
+            {
                 report.kept_admin.push(format!("key:{name}"));
                 continue;
             }
@@ -723,16 +796,24 @@ impl Store {
                 .await?
                 .rows_affected();
             if updated == 0 {
-                insert_key(&mut tx, &KeyRecord::new(name.clone(), sha.clone(), Owner::Config)).await?;
+                insert_key(
+                    &mut tx,
+                    &KeyRecord::new(name.clone(), sha.clone(), Owner::Config),
+                )
+                .await?;
             }
         }
         for (id, owner) in &existing_keys {
             if *owner == Owner::Config && !seed.keys.iter().any(|(n, _)| n == id) {
-                sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM api_keys WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 report.removed.push(format!("key:{id}"));
             }
         }
-        self.changed(&mut tx, "config", "seed", "config-file", None).await?;
+        self.changed(&mut tx, "config", "seed", "config-file", None)
+            .await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -836,11 +917,13 @@ impl Store {
 
     /// Usage rows of one request id (tests and support).
     pub async fn usage_count(&self, request_id: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM usage WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?)
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM usage WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 
     /// Every usage row's request id (tests and support).
@@ -949,7 +1032,10 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRecord, StoreError> {
         allowed_models: serde_json::from_str(&allowed_models)?,
         rpm: rpm.map(|v| v.clamp(0, i64::from(u32::MAX)) as u32),
         tpm: tpm.map(|v| v.max(0) as u64),
-        quota: match (quota_kind.as_deref().and_then(QuotaKind::parse), quota_limit) {
+        quota: match (
+            quota_kind.as_deref().and_then(QuotaKind::parse),
+            quota_limit,
+        ) {
             (Some(kind), Some(limit)) => Some(Quota { kind, limit }),
             _ => None,
         },

@@ -19,7 +19,9 @@ async fn stores(test: &str) -> Vec<Store> {
     out.push(s.with_master_key(MasterKey::from_bytes(&[1; 32])));
     match postgres_base_url() {
         Some(base) => {
-            let url = fresh_postgres(&base, &format!("relay_store_{test}")).await.unwrap();
+            let url = fresh_postgres(&base, &format!("relay_store_{test}"))
+                .await
+                .unwrap();
             let s = Store::connect(&url, 16).await.unwrap();
             s.migrate().await.unwrap();
             out.push(s.with_master_key(MasterKey::from_bytes(&[1; 32])));
@@ -42,11 +44,16 @@ fn quota_key(id: &str, limit: i64) -> KeyRecord {
 async fn quota_race_grants_exactly_what_fits() {
     for store in stores("quota_race").await {
         // Quota for 7 reservations of 100; 40 race for it.
-        store.create_key(&quota_key("racer", 700), "test").await.unwrap();
+        store
+            .create_key(&quota_key("racer", 700), "test")
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for _ in 0..40 {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move { s.reserve("racer", 100).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                s.reserve("racer", 100).await.unwrap()
+            }));
         }
         let mut granted = 0;
         for t in tasks {
@@ -78,7 +85,10 @@ fn record(id: &str, key: &str) -> UsageRecord {
 #[tokio::test]
 async fn usage_is_idempotent_and_settles_quota_once() {
     for store in stores("usage_once").await {
-        store.create_key(&quota_key("k", 10_000), "test").await.unwrap();
+        store
+            .create_key(&quota_key("k", 10_000), "test")
+            .await
+            .unwrap();
         store
             .put_price(
                 "m1",
@@ -91,9 +101,14 @@ async fn usage_is_idempotent_and_settles_quota_once() {
             )
             .await
             .unwrap();
-        assert!(matches!(store.reserve("k", 3000).await.unwrap(), Reservation::Granted { .. }));
+        assert!(matches!(
+            store.reserve("k", 3000).await.unwrap(),
+            Reservation::Granted { .. }
+        ));
         let prices: PriceTable = Arc::default();
-        prices.store(Arc::new(store.prices().await.unwrap().into_iter().collect()));
+        prices.store(Arc::new(
+            store.prices().await.unwrap().into_iter().collect(),
+        ));
         let hold = Some(QuotaHold {
             kind: QuotaKind::Tokens,
             reserved: 3000,
@@ -101,8 +116,20 @@ async fn usage_is_idempotent_and_settles_quota_once() {
         let row = relay_store::writer::to_row(record("req-1", "k"), hold, &prices.load());
         // 800 × 2 + 200 × 0.5 + 500 × 8 = 5700 micro-USD.
         assert_eq!(row.cost_micros, 5700);
-        assert_eq!(store.insert_usage(&[row.clone(), row.clone()]).await.unwrap(), 1);
-        assert_eq!(store.insert_usage(std::slice::from_ref(&row)).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .insert_usage(&[row.clone(), row.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .insert_usage(std::slice::from_ref(&row))
+                .await
+                .unwrap(),
+            0
+        );
         let k = store.key("k").await.unwrap().unwrap();
         assert_eq!((k.quota_used, k.quota_reserved), (1500, 0));
         assert_eq!(store.usage_count("req-1").await.unwrap(), 1);
@@ -124,7 +151,13 @@ async fn usage_is_idempotent_and_settles_quota_once() {
         writer.enqueue(record("w-2", "k"), None);
         writer.flush().await;
         assert_eq!(store.usage_request_ids().await.unwrap().len(), 301);
-        assert_eq!(writer.metrics().dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            writer
+                .metrics()
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }
 

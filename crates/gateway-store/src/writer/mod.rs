@@ -225,7 +225,11 @@ impl UsageSink for UsageWriter {
 
 /// A settlement record as a row, with its cost from the price table (by upstream model,
 /// else by the requested name).
-pub fn to_row(record: UsageRecord, hold: Option<QuotaHold>, prices: &HashMap<String, Price>) -> UsageRow {
+pub fn to_row(
+    record: UsageRecord,
+    hold: Option<QuotaHold>,
+    prices: &HashMap<String, Price>,
+) -> UsageRow {
     let u = record.usage;
     let price = record
         .upstream_model
@@ -291,11 +295,15 @@ fn overflow_thread(
         }
         match spill.append(&rows) {
             Ok(()) => {
-                metrics.spilled.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                metrics
+                    .spilled
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
                 waiting.store(true, Ordering::Release);
             }
             Err(e) => {
-                metrics.dropped.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                metrics
+                    .dropped
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
                 tracing::error!(error = %e, rows = rows.len(), "usage rows dropped: the spill file failed");
             }
         }
@@ -344,7 +352,9 @@ impl WriterTask {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     if db_up {
-                        tracing::warn!("the database is unreachable: usage rows go to the spill file until it is back");
+                        tracing::warn!(
+                            "the database is unreachable: usage rows go to the spill file until it is back"
+                        );
                     }
                     db_up = false;
                     self.metrics.healthy.store(false, Ordering::Relaxed);
@@ -392,7 +402,8 @@ impl WriterTask {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
-            match tokio::time::timeout(self.config.write_timeout, self.store.insert_usage(rows)).await
+            match tokio::time::timeout(self.config.write_timeout, self.store.insert_usage(rows))
+                .await
             {
                 Ok(Ok(n)) => {
                     self.metrics.written.fetch_add(n, Ordering::Relaxed);
