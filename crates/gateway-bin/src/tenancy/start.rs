@@ -29,6 +29,9 @@ pub struct StoreOptions {
     pub admin: Option<(SocketAddr, String)>,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// The master key for channel credentials; `None`: from the environment (see
+    /// [`open_store`]).
+    pub master_key: Option<MasterKey>,
 }
 
 impl StoreOptions {
@@ -39,6 +42,7 @@ impl StoreOptions {
             config_path: config_path.into(),
             admin: None,
             max_connections: 16,
+            master_key: None,
         }
     }
 
@@ -70,9 +74,12 @@ pub async fn open_store(opts: &StoreOptions) -> Result<Store, String> {
     store.migrate().await.map_err(|e| e.to_string())?;
     let default_key =
         (store.backend() == Backend::Sqlite).then(|| opts.data_dir().join("master.key"));
-    let master = tokio::task::spawn_blocking(move || MasterKey::load(default_key.as_deref()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let master = match &opts.master_key {
+        Some(k) => Ok(k.clone()),
+        None => tokio::task::spawn_blocking(move || MasterKey::load(default_key.as_deref()))
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     Ok(match master {
         Ok(key) => store.with_master_key(key),
         Err(e) => {
