@@ -1,6 +1,7 @@
 //! Usage enqueue cost: what `UsageSink::record` adds to a request (budget: 300 ns).
 //! Each sample enqueues a batch of prepared records into a running writer (SQLite
 //! behind it) and times only the enqueueing; the writer is flushed between samples.
+#![allow(missing_docs)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
 //! The store against SQLite and (when `DATABASE_URL` names one) Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
 

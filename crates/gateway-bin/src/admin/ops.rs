@@ -285,8 +285,10 @@ pub async fn test_channel(
             ..PresetItem::default()
         }],
     };
-    let mut item_retry = relay_core::config::RetryPolicy::default();
-    item_retry.max_attempts = 1;
+    let item_retry = relay_core::config::RetryPolicy {
+        max_attempts: 1,
+        ..Default::default()
+    };
     let config = RelayConfig {
         channels: vec![channel],
         presets: vec![preset],
