@@ -158,6 +158,16 @@ impl Store {
         &self.pool
     }
 
+    /// A write transaction. SQLite: `BEGIN IMMEDIATE`, so it takes the write lock up
+    /// front and waits for it (busy timeout) instead of failing when a read inside the
+    /// transaction would have to be upgraded while another connection writes.
+    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Apply pending migrations under the migration lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         migrations(self.backend)
@@ -302,7 +312,7 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let (json, sealed) = self.seal_channel(config)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         upsert_channel(&mut tx, &config.id, &json, sealed, Owner::Admin).await?;
         self.changed(
             &mut tx,
@@ -330,7 +340,7 @@ impl Store {
         actor: &str,
         what: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
             .bind(id)
             .execute(&mut *tx)
@@ -371,7 +381,7 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(config)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         upsert_preset(&mut tx, &config.name, &json, Owner::Admin).await?;
         self.changed(
             &mut tx,
@@ -412,7 +422,7 @@ impl Store {
 
     /// Insert a new key; an existing id or digest is a conflict.
     pub async fn create_key(&self, key: &KeyRecord, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if sqlx::query("SELECT 1 FROM api_keys WHERE id = $1")
             .bind(&key.id)
             .fetch_optional(&mut *tx)
@@ -434,7 +444,7 @@ impl Store {
     /// Update a key's policy (limits, quota limit, expiry, group, allowed lists,
     /// revocation); its digest, usage and owner stay.
     pub async fn update_key(&self, key: &KeyRecord, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET allowed_presets = $2, allowed_models = $3, rpm = $4, tpm = $5, \
              quota_kind = $6, quota_limit = $7, expires_at = $8, revoked = $9, key_group = $10 \
@@ -464,7 +474,7 @@ impl Store {
 
     /// Revoke a key; false when there was none.
     pub async fn revoke_key(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -525,7 +535,7 @@ impl Store {
         amount: i64,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET quota_limit = COALESCE(quota_limit, 0) + $2 WHERE id = $1",
         )
@@ -588,7 +598,7 @@ impl Store {
         price: &Price,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO pricing (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, owner, updated_at) \
              VALUES ($1, $2, $3, $4, 'admin', $5) ON CONFLICT (model) DO UPDATE SET \
@@ -633,7 +643,7 @@ impl Store {
             size: artifact.len() as i64,
             created_at: now_ms(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let clash = sqlx::query("SELECT sha256 FROM plugins WHERE name = $1 AND version = $2")
             .bind(name)
             .bind(version)
@@ -715,7 +725,7 @@ impl Store {
     /// old or the new seed.
     pub async fn seed(&self, seed: &Seed) -> Result<SeedReport, StoreError> {
         let mut report = SeedReport::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let owners = |rows: Vec<AnyRow>| -> Result<Vec<(String, Owner)>, StoreError> {
             rows.iter()
                 .map(|r| {
@@ -827,7 +837,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut inserted: std::collections::HashSet<String> =
             std::collections::HashSet::with_capacity(rows.len());
         for chunk in rows.chunks(USAGE_CHUNK) {

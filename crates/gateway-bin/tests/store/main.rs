@@ -459,6 +459,12 @@ async fn usage_report_pricing_and_plugins_through_the_admin_api() {
     assert_eq!(r.json()["sha256"], hex::encode(sha2::Sha256::digest(&wasm)));
     let r = gw.admin("GET", "/admin/plugins", None).await;
     assert_eq!(r.json()["plugins"][0]["name"], "noop");
+    // The channel test sends one live request.
+    let before = up.requests().len();
+    let r = gw.admin("POST", "/admin/channels/a/test", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+    assert_eq!(up.requests().len(), before + 1);
     let r = gw.admin("GET", "/admin/metrics", None).await;
     assert!(
         r.text().contains("relay_usage_dropped_total 0"),
