@@ -43,8 +43,8 @@ pub struct ServeStoreArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Run from the config file alone, without a store (no virtual keys, quotas,
-    /// usage rows or admin API).
-    #[arg(long, conflicts_with = "database_url")]
+    /// usage rows or admin API); wins over --database-url / DATABASE_URL.
+    #[arg(long)]
     pub no_store: bool,
     /// Admin API address.
     #[arg(long, env = "RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
