@@ -14,6 +14,8 @@ use crate::config::KeyConfig;
 pub struct Caller {
     /// The key's name from the config.
     pub key_name: String,
+    /// The key's limits, quota and allowed models, for keys from the store.
+    pub policy: Option<std::sync::Arc<crate::keys::KeyEntry>>,
 }
 
 /// The keys the gateway accepts.
@@ -85,6 +87,7 @@ impl KeyStore {
         // The map lookup already matched; confirm without an early-exit comparison.
         bool::from(stored.ct_eq(&d)).then(|| Caller {
             key_name: name.clone(),
+            policy: None,
         })
     }
 }

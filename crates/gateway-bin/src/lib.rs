@@ -8,13 +8,20 @@
 //!
 //! Modules: [`config`] (the TOML file), [`auth`] (keys), [`routes`] (inbound routes),
 //! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
-//! [`usage_log`] (settlement records as log lines).
+//! [`usage_log`] (settlement records as log lines); with a store: [`tenancy`] (keys,
+//! limits, quotas, usage to the store, config from the store), [`keys`] (the key cache),
+//! [`limits`] (RPM/TPM buckets), [`admin`] (the admin API), [`cli`] (store commands).
 
+pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod keys;
+pub mod limits;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod tenancy;
 pub mod usage_log;
 
 pub use config::GatewayConfig;

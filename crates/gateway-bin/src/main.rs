@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use relay_core::NullSink;
+use relay_gateway::cli;
+use relay_gateway::tenancy::Tenancy;
 use relay_gateway::{Gateway, GatewayConfig};
 
 /// mimalloc: per-thread free lists; malloc/free were 14 % of the gateway's user-space
@@ -39,6 +41,8 @@ enum Command {
         workers: Option<usize>,
         #[command(flatten)]
         log: LogArgs,
+        #[command(flatten)]
+        store: cli::ServeStoreArgs,
     },
     /// Validate a config file and print what it defines.
     Check {
@@ -51,6 +55,16 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// Apply the database migrations (under a lock) and exit.
+    Migrate(cli::DbArgs),
+    /// Create, list and revoke API keys in the store.
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
+    /// Add, list and test channels in the store.
+    #[command(subcommand)]
+    Channels(cli::ChannelsCommand),
+    /// Usage and cost report from the store.
+    Usage(cli::UsageArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,14 +116,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
+        Command::Migrate(db) => cli::run(cli::StoreCommand::Migrate(db)),
+        Command::Keys(c) => cli::run(cli::StoreCommand::Keys(c)),
+        Command::Channels(c) => cli::run(cli::StoreCommand::Channels(c)),
+        Command::Usage(u) => cli::run(cli::StoreCommand::Usage(u)),
         Command::Serve {
             config,
             listen,
             workers,
             log,
+            store,
         } => {
             init_logs(&log);
-            match run_server(config, listen, workers) {
+            match run_server(config, listen, workers, store) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -129,6 +148,7 @@ fn run_server(
     path: PathBuf,
     listen: Option<SocketAddr>,
     workers: Option<usize>,
+    store: cli::ServeStoreArgs,
 ) -> Result<(), String> {
     let config = load(&path)?;
     let workers = workers
@@ -139,7 +159,7 @@ fn run_server(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(path, config, listen, workers))
+    runtime.block_on(serve(path, config, listen, workers, store))
 }
 
 async fn serve(
@@ -147,11 +167,18 @@ async fn serve(
     config: GatewayConfig,
     listen: Option<SocketAddr>,
     workers: usize,
+    store: cli::ServeStoreArgs,
 ) -> Result<(), String> {
     let addr = listen.unwrap_or(config.server.listen);
-    let gateway = Gateway::new(&config, Arc::new(NullSink))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (gateway, tenancy) = if store.no_store {
+        let gateway = Gateway::new(&config, Arc::new(NullSink))
+            .await
+            .map_err(|e| e.to_string())?;
+        (gateway, None)
+    } else {
+        let started = relay_gateway::tenancy::start(&config, &store.options(path.clone())).await?;
+        (started.gateway, Some(started.tenancy))
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -163,7 +190,7 @@ async fn serve(
         workers,
         "relay-gateway listening on http://{local}"
     );
-    spawn_reloader(gateway.clone(), path);
+    spawn_reloader(gateway.clone(), path, tenancy.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener = listener.into_std().map_err(|e| e.to_string())?;
@@ -214,6 +241,15 @@ async fn serve(
     })
     .await
     .map_err(|e| e.to_string())?;
+    if let Some(t) = tenancy {
+        // Every settled request's usage row is written (or spilled) before exit.
+        if tokio::time::timeout(std::time::Duration::from_secs(15), t.writer().flush())
+            .await
+            .is_err()
+        {
+            tracing::error!("usage writer did not flush within 15 s");
+        }
+    }
     served?;
     joined.map(|_| ())
 }
@@ -262,7 +298,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 #[cfg(unix)]
-fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
+fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf, tenancy: Option<Arc<Tenancy>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; config reload is off");
@@ -270,9 +306,14 @@ fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let result = match load(&path) {
-                Ok(config) => gateway.reload(&config).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+            let result = match (load(&path), &tenancy) {
+                // With a store: re-seed it from the file, then apply what it holds.
+                (Ok(config), Some(t)) => match t.seed(&config).await {
+                    Ok(()) => t.reload(&gateway).await,
+                    Err(e) => Err(e),
+                },
+                (Ok(config), None) => gateway.reload(&config).await.map_err(|e| e.to_string()),
+                (Err(e), _) => Err(e),
             };
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
@@ -285,7 +326,7 @@ fn spawn_reloader(gateway: Arc<Gateway>, path: PathBuf) {
 }
 
 #[cfg(not(unix))]
-fn spawn_reloader(_gateway: Arc<Gateway>, _path: PathBuf) {}
+fn spawn_reloader(_gateway: Arc<Gateway>, _path: PathBuf, _tenancy: Option<Arc<Tenancy>>) {}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

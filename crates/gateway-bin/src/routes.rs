@@ -169,6 +169,9 @@ fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Caller, RelayEr
         )
         .with_code("missing_api_key"));
     };
+    if let Some(tenancy) = gw.tenancy() {
+        return tenancy.authenticate(&key);
+    }
     gw.keys().check(&key).ok_or_else(|| {
         RelayError::new(
             ErrorKind::Unauthorized,
@@ -191,6 +194,10 @@ async fn relay(
     let caller = authenticate(gw, &req)?;
     let body = read_body(req, gw.max_body_bytes(), gw.body_timeout()).await?;
     let inbound = dialect.parse_request(op, &body, &params)?;
+    if let Some(tenancy) = gw.tenancy() {
+        // Allowed models, RPM/TPM, then the quota reservation (settled with the usage).
+        tenancy.admit(&caller, &inbound, request_id).await?;
+    }
     let request = RelayRequest {
         inbound,
         request_id: request_id.to_owned(),

@@ -50,6 +50,8 @@ pub struct Gateway {
     mocks: Mutex<HashMap<String, MockServer>>,
     /// Client connection slots (`server.max_connections`), shared by every worker.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Keys, limits, quotas and the store, when the gateway runs with a database.
+    tenancy: std::sync::OnceLock<Arc<crate::tenancy::Tenancy>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -98,6 +100,7 @@ impl Gateway {
             slots: Arc::new(tokio::sync::Semaphore::new(
                 config.server.max_connections.max(1),
             )),
+            tenancy: std::sync::OnceLock::new(),
         }))
     }
 
@@ -111,6 +114,25 @@ impl Gateway {
             .map_err(|e| StartError::Relay(e.into()))?;
         self.keys.store(Arc::new(keys));
         Ok(())
+    }
+
+    /// Swap in a new relay config (channels, presets) and leave the keys alone; for
+    /// changes that come from the store. A bad config is refused whole.
+    pub async fn reload_relay(&self, config: RelayConfig) -> Result<(), StartError> {
+        let relay_config = with_builtin_mocks(config, &self.mocks).await?;
+        self.relay
+            .reload(&relay_config)
+            .map_err(|e| StartError::Relay(e.into()))
+    }
+
+    /// Attach the tenancy layer (keys, limits, quotas from the store); once.
+    pub fn attach_tenancy(&self, tenancy: Arc<crate::tenancy::Tenancy>) {
+        let _ = self.tenancy.set(tenancy);
+    }
+
+    /// The tenancy layer, when the gateway runs with a store.
+    pub fn tenancy(&self) -> Option<&Arc<crate::tenancy::Tenancy>> {
+        self.tenancy.get()
     }
 
     /// The relay engine.

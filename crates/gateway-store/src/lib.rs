@@ -1,0 +1,57 @@
+//! # relay-store
+//!
+//! Persistence for the Relay gateway, kept out of `relay-core` (which never sees a
+//! database):
+//!
+//! - [`store`]: the [`Store`] over Postgres or SQLite (sqlx, runtime queries,
+//!   per-backend migrations applied under a lock), with channels, presets, API keys,
+//!   usage, the quota ledger, pricing, plugins and the audit log;
+//! - [`writer`]: the [`UsageWriter`], a `UsageSink` that batches rows into the store,
+//!   retries, spills to a local append-only file while the database is away and replays
+//!   it after, idempotent on request id;
+//! - [`keys`]: virtual key generation and digests;
+//! - [`crypto`]: AES-256-GCM for upstream credentials at rest;
+//! - [`model`]: the typed rows.
+
+pub mod crypto;
+pub mod keys;
+pub mod model;
+pub mod store;
+pub mod testing;
+pub mod writer;
+
+pub use crypto::MasterKey;
+pub use model::{KeyRecord, Owner, Price, Quota, QuotaHold, QuotaKind, UsageGroup, UsageRow};
+pub use store::{Backend, Reservation, Seed, Store};
+pub use writer::{UsageWriter, WriterConfig, WriterMetrics};
+
+/// Something the store could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(String),
+    /// A stored value could not be (de)serialized.
+    #[error("stored value: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Encryption or the master key.
+    #[error("credentials: {0}")]
+    Crypto(String),
+    /// A name or id is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// Local file I/O (spill file, master key file).
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+}
+
+/// Now, as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
