@@ -144,7 +144,7 @@ allow_private_network = true
 models = ["mock-model"]
 EOF
             valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-                "$rel/relay-gateway" serve --config "$work/gateway.toml" --log-level warn \
+                "$rel/relay-gateway" serve --config "$work/gateway.toml" --log-level warn --no-store \
                 >/dev/null 2>"$log" &
             ;;
         nginx)
