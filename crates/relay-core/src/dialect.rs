@@ -67,7 +67,7 @@ impl Operation {
 pub type JsonObject = IndexMap<String, Box<RawValue>>;
 
 /// A decoded client request, ready for the engine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InboundRequest {
     /// The client's dialect.
     pub dialect: DialectId,
