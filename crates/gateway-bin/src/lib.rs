@@ -6,12 +6,13 @@
 //! config that wires channels and presets. The binary (`relay-gateway`) is a thin CLI
 //! over [`Gateway`].
 //!
-//! Modules: [`config`] (the TOML file), [`auth`] (keys), [`routes`] (inbound routes),
+//! Modules: [`config`] (the TOML file), [`plugins`] (the plugin registry and `plugin check`), [`auth`] (keys), [`routes`] (inbound routes),
 //! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
 //! [`usage_log`] (settlement records as log lines).
 
 pub mod auth;
 pub mod config;
+pub mod plugins;
 pub mod respond;
 pub mod routes;
 pub mod server;

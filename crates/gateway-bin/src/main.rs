@@ -37,10 +37,29 @@ enum Command {
         #[arg(short, long, env = "RELAY_CONFIG")]
         config: PathBuf,
     },
+    /// Work with WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print the SHA-256 of an API key, for `key_sha256` in the config.
     HashKey {
         /// The key.
         key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Validate a plugin component against the relay:plugin@0.1.0 WIT, list the
+    /// hooks it exports and the capabilities it imports, and run its init and each
+    /// declared hook once on a sample request, with timings.
+    Check {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// The preset item config to give the plugin (JSON).
+        #[arg(long, default_value = "null")]
+        config: String,
     },
 }
 
@@ -93,6 +112,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
+        Command::Plugin {
+            command: PluginCommand::Check { file, config },
+        } => match relay_gateway::plugins::check(&file, &config) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve {
             config,
             listen,

@@ -126,10 +126,11 @@ impl LoadedPlugin {
         );
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(deadline_ticks(self.shared.limits.hook_deadline()));
-        let plugin = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&e, "instantiate"))?;
+        let plugin = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pre.instantiate(&mut store)
+        }))
+        .unwrap_or_else(|_| Err(wasmtime::Error::msg("a host function panicked")))
+        .map_err(|e| classify(&e, "instantiate"))?;
         Ok(Live { store, plugin })
     }
 }
@@ -195,7 +196,12 @@ impl Live {
         self.store
             .set_epoch_deadline(deadline_ticks(shared.limits.hook_deadline()));
         let start = Instant::now();
-        let result = f(&self.plugin, &mut self.store);
+        // A host function that panics (a WASI call that would block on the ambient
+        // runtime) unwinds through the guest to here; the instance is then dropped.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&self.plugin, &mut self.store)
+        }))
+        .unwrap_or_else(|_| Err(wasmtime::Error::msg("a host function panicked (blocking WASI call)")));
         shared.metrics.on_call(start.elapsed());
         self.store.data_mut().flush_stdio();
         result.map_err(|e| {
@@ -273,6 +279,8 @@ impl PluginHost {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        crate::stdio::add_to_linker(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
@@ -408,16 +416,12 @@ impl PluginHost {
             .collect()
     }
 
-    /// The component's imports and exports, by name (for `plugin check`).
-    pub fn describe(&self, bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), PluginError> {
-        let component = Component::new(&self.inner.engine, bytes).map_err(|e| PluginError::Load {
-            plugin: "?".into(),
-            message: format!("not a valid component: {e:#}"),
-        })?;
-        let ty = component.component_type();
+    /// A plugin's imports and exports, by name (for `plugin check`).
+    pub fn describe(&self, plugin: &LoadedPlugin) -> (Vec<String>, Vec<String>) {
+        let ty = plugin.pre.instance_pre().component().component_type();
         let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
         let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
-        Ok((imports, exports))
+        (imports, exports)
     }
 }
 

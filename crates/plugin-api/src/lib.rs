@@ -10,6 +10,7 @@
 //! - [`ItemChain`] / [`Session`]: one item's plugins; a fresh instance per request per
 //!   plugin, hooks in order, each plugin's failure mode, breaker and metrics.
 //! - [`PluginLimits`]: memory cap, hook deadline, output cap, log rate, breaker.
+//! - [`check`]: what `relay-gateway plugin check` reports.
 //!
 //! The sandbox: no WASI files, sockets, environment or arguments; stdout and stderr go
 //! to the log; memory is capped by the pooling allocator and a store limiter; each
@@ -19,6 +20,7 @@
 mod bindings;
 mod breaker;
 mod chain;
+pub mod check;
 mod error;
 mod factory;
 mod host;
@@ -26,6 +28,7 @@ mod kv;
 mod limits;
 mod metrics;
 mod state;
+mod stdio;
 
 pub use bindings::{BodyAccess, FailureMode, Manifest, StreamMode};
 pub use chain::{ChainEntry, ChainStreamFilter, ItemChain, Session, event_text};

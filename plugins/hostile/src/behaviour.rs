@@ -2,8 +2,9 @@
 // crate's lib.rs after it defines `NAME` and `FAILURE`.
 //
 // The item config picks the misbehaviour: `{"mode": "loop" | "memory" | "stack" |
-// "panic" | "trap" | "oversize" | "secret" | "print" | "ok"}`. Every mode runs in
-// `before-request`; `loop` also runs in `on-stream-chunk` when `"stream": true`.
+// "panic" | "trap" | "oversize" | "secret" | "allowed-secret" | "print" |
+// "stream-loop" | "ok"}`. Modes run in `before-request`; `stream-loop` (and `loop` with
+// `"stream": true`) loops in `on-stream-chunk`.
 
 use relay_plugin_sdk::serde_json::Value;
 use relay_plugin_sdk::{
@@ -50,11 +51,12 @@ impl Plugin for Hostile {
                 RequestDecision::Proceed
             }
             "memory" => {
-                // Grow until the host's cap stops us (the allocation failure traps).
+                // Grow by 8 MiB until the host's cap stops us (the allocation failure
+                // aborts, which traps).
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    let mut block = vec![0u8; 1 << 20];
-                    block[0] = 1;
+                    let mut block: Vec<u8> = Vec::with_capacity(8 << 20);
+                    block.push(1);
                     hoard.push(std::hint::black_box(block));
                 }
             }
@@ -107,7 +109,8 @@ impl Plugin for Hostile {
 
     fn on_stream_chunk(_chunk: ChunkView) -> ChunkDecision {
         let config = relay_plugin_sdk::config();
-        if config.get("stream").and_then(Value::as_bool) == Some(true) && mode() == "loop" {
+        let mode = mode();
+        if mode == "stream-loop" || (mode == "loop" && config.get("stream").and_then(Value::as_bool) == Some(true)) {
             let _ = spin();
         }
         ChunkDecision::Pass

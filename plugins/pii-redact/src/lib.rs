@@ -169,10 +169,14 @@ fn number_at(chars: &[char], start: usize, kinds: Kinds) -> Option<(usize, &'sta
         } else if !(c == ' ' || c == '-' || c == '.' || c == '(' || c == ')' || (c == '+' && end == start)) {
             break;
         }
-        // A separator must be followed by more of the number.
-        if !c.is_ascii_digit() && c != '(' && c != '+' {
-            let next = chars.get(end + 1).copied().unwrap_or(' ');
-            if !(next.is_ascii_digit() || next == '(') {
+        // A separator must be followed (within two more separators) by a digit.
+        if !c.is_ascii_digit() {
+            let more = chars
+                .iter()
+                .skip(end + 1)
+                .take(3)
+                .find(|c| !" -.()".contains(**c));
+            if !more.is_some_and(char::is_ascii_digit) {
                 break;
             }
         }

@@ -165,7 +165,13 @@ impl StreamState {
         state.settlement.first_token();
         // What was held before the commit goes through the plugins too.
         if let Some(filter) = state.filter.as_mut() {
-            if let Err(e) = filter.on_chunk(&mut state.out) {
+            let mut result = filter.on_chunk(&mut state.out);
+            if result.is_ok() && done {
+                result = filter.on_end(&mut state.out);
+            }
+            if let Err(e) = result {
+                // Nothing the filter did not pass may go out.
+                state.out.clear();
                 state.end(Some(e));
                 return state;
             }
