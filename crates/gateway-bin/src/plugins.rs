@@ -105,7 +105,9 @@ impl PluginsConfig {
     pub fn start(&self) -> Result<Option<PluginHost>, String> {
         if !self.enabled {
             if !self.registry.is_empty() {
-                tracing::warn!("plugins are disabled ([plugins] enabled = false): preset items run without them");
+                tracing::warn!(
+                    "plugins are disabled ([plugins] enabled = false): preset items run without them"
+                );
             }
             return Ok(None);
         }

@@ -18,7 +18,9 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use relay_core::hooks::HookSession;
-use relay_core::{ClientDialect, InboundRequest, Operation, Relay, RelayConfig, RelayRequest, RouteParams};
+use relay_core::{
+    ClientDialect, InboundRequest, Operation, Relay, RelayConfig, RelayRequest, RouteParams,
+};
 use relay_plugin_api::{ChainEntry, HostSettings, ItemChain, PluginHost, PluginLimits, PluginSpec};
 
 fn dist() -> PathBuf {
@@ -27,7 +29,9 @@ fn dist() -> PathBuf {
 
 fn host() -> PluginHost {
     let host = PluginHost::new(HostSettings {
-        cache_dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugin-cache")),
+        cache_dir: Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugin-cache"),
+        ),
         ..HostSettings::default()
     })
     .unwrap();
@@ -98,7 +102,9 @@ fn hooks(c: &mut Criterion) {
     });
 
     let chunk = b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]}\n\n";
-    let mut filter = Box::new(noop.session("req_bench", 0)).into_stream_filter().unwrap();
+    let mut filter = Box::new(noop.session("req_bench", 0))
+        .into_stream_filter()
+        .unwrap();
     let mut buf = BytesMut::from(&chunk[..]);
     filter.on_chunk(&mut buf).unwrap();
     g.bench_function("chunk_warm", |b| {
@@ -125,7 +131,9 @@ fn requests(c: &mut Criterion) {
         .unwrap();
     let host = host();
     let plugins = |n: usize| -> Vec<serde_json::Value> {
-        (0..n).map(|_| serde_json::json!({"name": "noop"})).collect()
+        (0..n)
+            .map(|_| serde_json::json!({"name": "noop"}))
+            .collect()
     };
     let config: RelayConfig = serde_json::from_value(serde_json::json!({
         "channels": [{
@@ -154,7 +162,10 @@ fn requests(c: &mut Criterion) {
                     let inbound = relay_adapters::openai::OpenAiDialect
                         .parse_request(Operation::Chat, body.as_bytes(), &RouteParams::default())
                         .unwrap();
-                    let resp = relay.handle(RelayRequest::new(inbound, "req_bench")).await.unwrap();
+                    let resp = relay
+                        .handle(RelayRequest::new(inbound, "req_bench"))
+                        .await
+                        .unwrap();
                     black_box(resp.into_body().collect().await.unwrap().to_bytes())
                 })
             })

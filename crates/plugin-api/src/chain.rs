@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
+use http::header::{HeaderName, HeaderValue};
 use relay_core::adapter::DecodedResponse;
 use relay_core::hooks::{
     AttemptFailure, ErrorAction, HookSession, ItemHooks, Reply, RequestAction, RequestPatch,
@@ -90,7 +90,10 @@ fn failure_error(entry: &ChainEntry, failure: &PluginFailure) -> RelayError {
     RelayError::new(
         ErrorKind::Plugin,
         Side::Plugin,
-        format!("plugin `{}` failed ({failure}); the request was refused", entry.plugin.name),
+        format!(
+            "plugin `{}` failed ({failure}); the request was refused",
+            entry.plugin.name
+        ),
     )
     .with_status(StatusCode::SERVICE_UNAVAILABLE)
     .with_code("plugin_failed")
@@ -145,7 +148,10 @@ impl Session {
     fn call<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&bindings::Plugin, &mut wasmtime::Store<crate::state::HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(
+            &bindings::Plugin,
+            &mut wasmtime::Store<crate::state::HostState>,
+        ) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         let Some(entry) = self.entries.get(i) else {
             return Err(PluginFailure::Invalid("no such plugin".into()));
@@ -209,9 +215,19 @@ impl Session {
 }
 
 /// A WIT patch as relay-core's, checked.
-fn convert_patch(p: bindings::RequestPatch, entry: &ChainEntry) -> Result<RequestPatch, PluginFailure> {
-    let size: usize = p.set_headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-        + p.set_fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+fn convert_patch(
+    p: bindings::RequestPatch,
+    entry: &ChainEntry,
+) -> Result<RequestPatch, PluginFailure> {
+    let size: usize = p
+        .set_headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + p.set_fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + p.remove_headers.iter().map(String::len).sum::<usize>()
         + p.remove_fields.iter().map(String::len).sum::<usize>();
     too_large(size, entry)?;
@@ -251,11 +267,14 @@ impl HookSession for Session {
             let decision = self
                 .call(i, |p, s| p.call_before_request(s, &view))
                 .and_then(|d| match d {
-                    RequestDecision::Modify(p) => convert_patch(p, entry).map(RequestAction::Modify).map(Ok),
+                    RequestDecision::Modify(p) => {
+                        convert_patch(p, entry).map(RequestAction::Modify).map(Ok)
+                    }
                     RequestDecision::Respond(r) => {
                         too_large(r.body.len() + r.content_type.len(), entry)?;
-                        let status = StatusCode::from_u16(r.status)
-                            .map_err(|_| PluginFailure::Invalid(format!("bad status {}", r.status)))?;
+                        let status = StatusCode::from_u16(r.status).map_err(|_| {
+                            PluginFailure::Invalid(format!("bad status {}", r.status))
+                        })?;
                         let content_type = HeaderValue::from_str(&r.content_type)
                             .map_err(|_| PluginFailure::Invalid("bad content type".into()))?;
                         Ok(Ok(RequestAction::Respond(Reply {
@@ -295,9 +314,9 @@ impl HookSession for Session {
     fn on_error(&mut self, failure: &AttemptFailure<'_>) -> ErrorAction {
         let entries = self.entries.clone();
         let err = failure.error;
-        let body = err.upstream_body().map(|b| {
-            String::from_utf8_lossy(&b[..b.len().min(ERROR_BODY_MAX)]).into_owned()
-        });
+        let body = err
+            .upstream_body()
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(ERROR_BODY_MAX)]).into_owned());
         for (i, entry) in entries.iter().enumerate().rev() {
             if !implements(entry, Hooks::ON_ERROR) {
                 continue;
@@ -366,7 +385,9 @@ impl HookSession for Session {
             .iter()
             .enumerate()
             .rev()
-            .filter(|(_, e)| implements(e, Hooks::ON_STREAM_CHUNK) || implements(e, Hooks::ON_STREAM_END))
+            .filter(|(_, e)| {
+                implements(e, Hooks::ON_STREAM_CHUNK) || implements(e, Hooks::ON_STREAM_END)
+            })
             .map(|(i, e)| Stage {
                 index: i,
                 mode: e.plugin.manifest.stream_mode,
@@ -400,11 +421,13 @@ fn apply_response(
         }
         ResponseDecision::Modify(fields) => {
             too_large(fields.iter().map(|(k, v)| k.len() + v.len()).sum(), entry)?;
-            let mut object: JsonObject = serde_json::from_slice(&response.body)
-                .map_err(|e| PluginFailure::Invalid(format!("the response is not a JSON object: {e}")))?;
+            let mut object: JsonObject = serde_json::from_slice(&response.body).map_err(|e| {
+                PluginFailure::Invalid(format!("the response is not a JSON object: {e}"))
+            })?;
             for (name, value) in fields {
-                let raw = RawValue::from_string(value)
-                    .map_err(|e| PluginFailure::Invalid(format!("field {name:?} is not JSON: {e}")))?;
+                let raw = RawValue::from_string(value).map_err(|e| {
+                    PluginFailure::Invalid(format!("field {name:?} is not JSON: {e}"))
+                })?;
                 object.insert(name, raw);
             }
             let body = serde_json::to_vec(&object)
@@ -493,7 +516,8 @@ impl ChainStreamFilter {
         };
         let text = event_text(chunk);
         let mode = stage.mode;
-        let call = implements(&entry, Hooks::ON_STREAM_CHUNK) && !(text.is_empty() && matches!(mode, StreamMode::Buffer(_)));
+        let call = implements(&entry, Hooks::ON_STREAM_CHUNK)
+            && !(text.is_empty() && matches!(mode, StreamMode::Buffer(_)));
         let decision = if call {
             let view = ChunkView {
                 request_id: self.session.request_id.clone(),
@@ -589,7 +613,10 @@ impl ChainStreamFilter {
                 _ => String::new(),
             },
         };
-        match self.session.call(index, |p, s| p.call_on_stream_end(s, &view)) {
+        match self
+            .session
+            .call(index, |p, s| p.call_on_stream_end(s, &view))
+        {
             Err(failure) if fail_closed(&entry) => Err(failure_error(&entry, &failure)),
             Err(_) | Ok(ChunkDecision::Pass) => Ok(held),
             Ok(ChunkDecision::Drop) => Ok(BytesMut::new()),

@@ -47,8 +47,16 @@ pub struct CheckReport {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: a relay:plugin@0.1.0 component", self.path)?;
-        writeln!(f, "  size      {} bytes, sha256 {}", self.bytes, self.sha256)?;
-        writeln!(f, "  load      {:.1} ms (compile or cache, link)", self.load_ms)?;
+        writeln!(
+            f,
+            "  size      {} bytes, sha256 {}",
+            self.bytes, self.sha256
+        )?;
+        writeln!(
+            f,
+            "  load      {:.1} ms (compile or cache, link)",
+            self.load_ms
+        )?;
         writeln!(f, "  manifest  {}", self.manifest)?;
         writeln!(f, "  imports (capabilities):")?;
         for i in &self.imports {
@@ -62,7 +70,10 @@ impl fmt::Display for CheckReport {
             Ok(()) => writeln!(f, "  init      ok")?,
             Err(e) => writeln!(f, "  init      REJECTED: {e}")?,
         }
-        writeln!(f, "  hooks on a sample request (fresh instance on the first call):")?;
+        writeln!(
+            f,
+            "  hooks on a sample request (fresh instance on the first call):"
+        )?;
         for (hook, outcome, us) in &self.runs {
             writeln!(f, "    {hook:<16} {us:>9.1} us  {outcome}")?;
         }
@@ -141,7 +152,11 @@ pub fn check(path: &Path, config: &serde_json::Value) -> Result<CheckReport, Plu
             _ => hooks.contains(Hooks::ON_STREAM_END),
         };
         if !declared {
-            runs.push((hook.to_owned(), "not in the manifest: not called".to_owned(), 0.0));
+            runs.push((
+                hook.to_owned(),
+                "not in the manifest: not called".to_owned(),
+                0.0,
+            ));
             return;
         }
         let t = Instant::now();
@@ -149,7 +164,9 @@ pub fn check(path: &Path, config: &serde_json::Value) -> Result<CheckReport, Plu
         runs.push((hook.to_owned(), outcome, t.elapsed().as_secs_f64() * 1e6));
     };
     let mut session: Box<dyn HookSession> = Box::new(chain.session("req_check", 0));
-    time("before-request", &mut || format!("{:?}", short(session.before_request(&request))));
+    time("before-request", &mut || {
+        format!("{:?}", short(session.before_request(&request)))
+    });
     let mut answer = DecodedResponse {
         body: Bytes::from_static(SAMPLE_ANSWER.as_bytes()),
         content_type: HeaderValue::from_static("application/json"),
@@ -177,12 +194,15 @@ pub fn check(path: &Path, config: &serde_json::Value) -> Result<CheckReport, Plu
     });
     if let Some(mut filter) = session.into_stream_filter() {
         let mut chunk = BytesMut::from(SAMPLE_CHUNK.as_bytes());
-        time("on-stream-chunk", &mut || match filter.on_chunk(&mut chunk) {
-            Ok(()) if chunk.as_ref() == SAMPLE_CHUNK.as_bytes() => "pass".into(),
-            Ok(()) if chunk.is_empty() => "dropped or held".into(),
-            Ok(()) => format!("replaced: {:?}", String::from_utf8_lossy(&chunk)),
-            Err(e) => format!("stopped: {e}"),
-        });
+        time(
+            "on-stream-chunk",
+            &mut || match filter.on_chunk(&mut chunk) {
+                Ok(()) if chunk.as_ref() == SAMPLE_CHUNK.as_bytes() => "pass".into(),
+                Ok(()) if chunk.is_empty() => "dropped or held".into(),
+                Ok(()) => format!("replaced: {:?}", String::from_utf8_lossy(&chunk)),
+                Err(e) => format!("stopped: {e}"),
+            },
+        );
         let mut tail = BytesMut::from(&b"data: [DONE]\n\n"[..]);
         time("on-stream-end", &mut || match filter.on_end(&mut tail) {
             Ok(()) => format!("released {} bytes", tail.len()),

@@ -19,12 +19,12 @@ impl PluginFactory for PluginHost {
     ) -> Result<Option<Arc<dyn ItemHooks>>, String> {
         let mut entries = Vec::new();
         for r in plugins.iter().filter(|r| r.enabled) {
-            let plugin = self.get(&r.name, r.version.as_deref()).ok_or_else(|| {
-                match &r.version {
-                    Some(v) => format!("unknown plugin `{}` version {v}", r.name),
-                    None => format!("unknown plugin `{}`", r.name),
-                }
-            })?;
+            let plugin =
+                self.get(&r.name, r.version.as_deref())
+                    .ok_or_else(|| match &r.version {
+                        Some(v) => format!("unknown plugin `{}` version {v}", r.name),
+                        None => format!("unknown plugin `{}`", r.name),
+                    })?;
             let config: Arc<str> = Arc::from(r.config.to_string());
             init(&plugin, &config).map_err(|e| format!("plugin `{}`: {e}", r.name))?;
             entries.push(ChainEntry { plugin, config });
@@ -43,7 +43,9 @@ pub fn init(plugin: &LoadedPlugin, config: &Arc<str>) -> Result<(), String> {
         .map_err(|e| format!("cannot instantiate: {e}"))?;
     let text = config.to_string();
     let result = live
-        .call(plugin, |p, s: &mut wasmtime::Store<HostState>| p.call_init(s, &text))
+        .call(plugin, |p, s: &mut wasmtime::Store<HostState>| {
+            p.call_init(s, &text)
+        })
         .map_err(|e| format!("init {e}"))?;
     result.map_err(|e| format!("rejects its config: {e}"))
 }

@@ -15,8 +15,8 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    Store, Trap,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Trap,
 };
 
 use crate::bindings::{FailureMode, Manifest, Plugin, PluginPre, StreamMode};
@@ -201,7 +201,11 @@ impl Live {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(&self.plugin, &mut self.store)
         }))
-        .unwrap_or_else(|_| Err(wasmtime::Error::msg("a host function panicked (blocking WASI call)")));
+        .unwrap_or_else(|_| {
+            Err(wasmtime::Error::msg(
+                "a host function panicked (blocking WASI call)",
+            ))
+        });
         shared.metrics.on_call(start.elapsed());
         self.store.data_mut().flush_stdio();
         result.map_err(|e| {
@@ -267,7 +271,10 @@ struct HostInner {
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginHost")
-            .field("plugins", &self.inner.plugins.read().keys().collect::<Vec<_>>())
+            .field(
+                "plugins",
+                &self.inner.plugins.read().keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -333,11 +340,10 @@ impl PluginHost {
         let component = Component::new(&self.inner.engine, bytes)
             .map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
         let compile_ms = started.elapsed().as_millis();
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("imports something the host does not give: {e:#}")))?;
+        let pre =
+            self.inner.linker.instantiate_pre(&component).map_err(|e| {
+                load_err(format!("imports something the host does not give: {e:#}"))
+            })?;
         let pre = PluginPre::new(pre)
             .map_err(|e| load_err(format!("does not export the relay:plugin world: {e:#}")))?;
 
@@ -351,15 +357,22 @@ impl PluginHost {
         ));
         let mut store = Store::new(&self.inner.engine, HostState::new(probe, Arc::from("null")));
         store.limiter(|s| s.limiter());
-        store.set_epoch_deadline(deadline_ticks(spec.limits.hook_deadline().max(Duration::from_millis(100))));
-        let instance = pre
-            .instantiate(&mut store)
-            .map_err(|e| load_err(format!("cannot instantiate: {}", classify(&e, "instantiate"))))?;
+        store.set_epoch_deadline(deadline_ticks(
+            spec.limits.hook_deadline().max(Duration::from_millis(100)),
+        ));
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            load_err(format!(
+                "cannot instantiate: {}",
+                classify(&e, "instantiate")
+            ))
+        })?;
         let manifest = instance
             .call_manifest(&mut store)
             .map_err(|e| load_err(format!("manifest: {}", classify(&e, "manifest"))))?;
         if manifest.secrets.len() > 64 || manifest.metrics.len() > 64 {
-            return Err(load_err("a manifest may declare at most 64 secrets and 64 metrics".into()));
+            return Err(load_err(
+                "a manifest may declare at most 64 secrets and 64 metrics".into(),
+            ));
         }
         let secrets = spec
             .secrets
@@ -419,8 +432,14 @@ impl PluginHost {
     /// A plugin's imports and exports, by name (for `plugin check`).
     pub fn describe(&self, plugin: &LoadedPlugin) -> (Vec<String>, Vec<String>) {
         let ty = plugin.pre.instance_pre().component().component_type();
-        let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
-        let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
+        let imports = ty
+            .imports(&self.inner.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.inner.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
         (imports, exports)
     }
 }
@@ -444,7 +463,10 @@ fn engine_config(settings: &HostSettings) -> Result<Config, PluginError> {
     if let Some(dir) = &settings.cache_dir {
         let dir = absolute(dir)?;
         std::fs::create_dir_all(&dir).map_err(|e| {
-            PluginError::Engine(format!("cannot create the cache directory {}: {e}", dir.display()))
+            PluginError::Engine(format!(
+                "cannot create the cache directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let mut cache = CacheConfig::new();
         cache.with_directory(dir);

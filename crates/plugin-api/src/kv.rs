@@ -56,7 +56,12 @@ impl KvStore {
     }
 
     /// Set `key`.
-    pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u32>) -> Result<(), KvError> {
+    pub(crate) fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u32>,
+    ) -> Result<(), KvError> {
         check(key, &value)?;
         let now = Instant::now();
         let mut map = self.map.lock();
@@ -173,10 +178,19 @@ mod tests {
         let kv = KvStore::default();
         assert_eq!(kv.incr("n", 2, None).unwrap(), 2);
         assert_eq!(kv.incr("n", 3, None).unwrap(), 5);
-        assert!(!kv.compare_and_swap("n", Some(b"4"), b"9".to_vec(), None).unwrap());
-        assert!(kv.compare_and_swap("n", Some(b"5"), b"9".to_vec(), None).unwrap());
+        assert!(
+            !kv.compare_and_swap("n", Some(b"4"), b"9".to_vec(), None)
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("n", Some(b"5"), b"9".to_vec(), None)
+                .unwrap()
+        );
         assert_eq!(kv.get("n").unwrap(), b"9");
-        assert!(kv.compare_and_swap("new", None, b"x".to_vec(), None).unwrap());
+        assert!(
+            kv.compare_and_swap("new", None, b"x".to_vec(), None)
+                .unwrap()
+        );
         kv.set("t", b"v".to_vec(), Some(0)).unwrap();
         assert_eq!(kv.get("t"), None);
         assert!(matches!(kv.incr("new", 1, None), Err(KvError::NotANumber)));

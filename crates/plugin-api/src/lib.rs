@@ -34,6 +34,6 @@ pub use bindings::{BodyAccess, FailureMode, Manifest, StreamMode};
 pub use chain::{ChainEntry, ChainStreamFilter, ItemChain, Session, event_text};
 pub use error::PluginError;
 pub use factory::init;
-pub use host::{HostSettings, LoadedPlugin, PluginFailure, PluginHost, PluginSpec, EPOCH_TICK};
+pub use host::{EPOCH_TICK, HostSettings, LoadedPlugin, PluginFailure, PluginHost, PluginSpec};
 pub use limits::PluginLimits;
 pub use metrics::{LATENCY_BUCKETS_US, MetricsSnapshot};

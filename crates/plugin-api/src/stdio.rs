@@ -31,7 +31,11 @@ enum WitStreamError {
 
 type WriteResult = wasmtime::Result<(Result<(), WitStreamError>,)>;
 
-fn write(store: &mut StoreContextMut<'_, HostState>, stream: &Resource<DynOutputStream>, bytes: Vec<u8>) -> WriteResult {
+fn write(
+    store: &mut StoreContextMut<'_, HostState>,
+    stream: &Resource<DynOutputStream>,
+    bytes: Vec<u8>,
+) -> WriteResult {
     let view = store.data_mut().ctx();
     let out = view.table.get_mut(stream)?;
     let room = match out.check_write() {
@@ -72,7 +76,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         ResourceType::host::<DynInputStream>(),
         |mut store, rep| {
             let view = store.data_mut().ctx();
-            view.table.delete(Resource::<DynInputStream>::new_own(rep))?;
+            view.table
+                .delete(Resource::<DynInputStream>::new_own(rep))?;
             Ok(())
         },
     )?;
@@ -85,9 +90,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     )?;
     streams.func_wrap(
         "[method]output-stream.blocking-flush",
-        |_store: StoreContextMut<'_, HostState>, (_stream,): (Resource<DynOutputStream>,)| -> WriteResult {
-            Ok((Ok(()),))
-        },
+        |_store: StoreContextMut<'_, HostState>,
+         (_stream,): (Resource<DynOutputStream>,)|
+         -> WriteResult { Ok((Ok(()),)) },
     )?;
     streams.func_wrap(
         "[method]output-stream.blocking-write-zeroes-and-flush",

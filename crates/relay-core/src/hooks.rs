@@ -223,12 +223,18 @@ mod tests {
     #[test]
     fn later_patches_win_and_protected_fields_stay() {
         let mut a = RequestPatch {
-            set_fields: vec![("temperature".into(), raw("0.1")), ("model".into(), raw("\"x\""))],
+            set_fields: vec![
+                ("temperature".into(), raw("0.1")),
+                ("model".into(), raw("\"x\"")),
+            ],
             remove_headers: vec![HeaderName::from_static("x-a")],
             ..RequestPatch::default()
         };
         a.merge(RequestPatch {
-            set_headers: vec![(HeaderName::from_static("x-a"), HeaderValue::from_static("1"))],
+            set_headers: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("1"),
+            )],
             remove_fields: vec!["temperature".into()],
             ..RequestPatch::default()
         });

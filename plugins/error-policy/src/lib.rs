@@ -11,15 +11,17 @@
 //! each entry is matched against the codes and (case-insensitively) the message.
 
 use relay_plugin_sdk::serde_json::{self, Value};
-use relay_plugin_sdk::{
-    ErrorDecision, ErrorView, Hooks, Manifest, Plugin, export, host, manifest,
-};
+use relay_plugin_sdk::{ErrorDecision, ErrorView, Hooks, Manifest, Plugin, export, host, manifest};
 
 struct ErrorPolicy;
 
 fn list(config: &Value, key: &str, default: &[&str]) -> Vec<String> {
     match config.get(key).and_then(Value::as_array) {
-        Some(a) => a.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
+        Some(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .collect(),
         None => default.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
@@ -79,10 +81,17 @@ impl Plugin for ErrorPolicy {
             &message,
         ) {
             host::metric_add("fallbacks", 1);
-            host::log(host::LogLevel::Info, "quota exhausted upstream: falling back");
+            host::log(
+                host::LogLevel::Info,
+                "quota exhausted upstream: falling back",
+            );
             return ErrorDecision::Fallback;
         }
-        if matches(&list(&config, "retry_on", &["rate_limit_exceeded"]), &codes, &message) {
+        if matches(
+            &list(&config, "retry_on", &["rate_limit_exceeded"]),
+            &codes,
+            &message,
+        ) {
             host::metric_add("retries", 1);
             let after = config
                 .get("retry_after_ms")

@@ -75,7 +75,10 @@ impl Plugin for Guard {
         match found(&text) {
             Some(term) => {
                 host::metric_add("blocked", 1);
-                host::log(host::LogLevel::Info, &format!("request refused: term {term:?}"));
+                host::log(
+                    host::LogLevel::Info,
+                    &format!("request refused: term {term:?}"),
+                );
                 RequestDecision::Deny(deny(400, message()))
             }
             None => RequestDecision::Proceed,

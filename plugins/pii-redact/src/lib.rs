@@ -42,7 +42,10 @@ impl Plugin for PiiRedact {
     fn init(config: String) -> Result<(), String> {
         match serde_json::from_str::<Value>(&config) {
             Ok(Value::Null | Value::Object(_)) => Ok(()),
-            _ => Err("config must be an object like {\"email\": true, \"phone\": true, \"card\": true}".into()),
+            _ => Err(
+                "config must be an object like {\"email\": true, \"phone\": true, \"card\": true}"
+                    .into(),
+            ),
         }
     }
 
@@ -61,7 +64,8 @@ impl Plugin for PiiRedact {
         }
         host::metric_add("redactions", count);
         let mut p = patch();
-        p.set_fields.push((request.messages_field, value.to_string()));
+        p.set_fields
+            .push((request.messages_field, value.to_string()));
         RequestDecision::Modify(p)
     }
 }
@@ -166,7 +170,13 @@ fn number_at(chars: &[char], start: usize, kinds: Kinds) -> Option<(usize, &'sta
         let c = chars[end];
         if c.is_ascii_digit() {
             digits.push(c as u8 - b'0');
-        } else if !(c == ' ' || c == '-' || c == '.' || c == '(' || c == ')' || (c == '+' && end == start)) {
+        } else if !(c == ' '
+            || c == '-'
+            || c == '.'
+            || c == '('
+            || c == ')'
+            || (c == '+' && end == start))
+        {
             break;
         }
         // A separator must be followed (within two more separators) by a digit.

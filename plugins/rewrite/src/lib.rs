@@ -22,7 +22,14 @@ impl Plugin for Rewrite {
             return Err("config must be an object".into());
         };
         for key in obj.keys() {
-            if !["set_headers", "remove_headers", "set_fields", "remove_fields"].contains(&key.as_str()) {
+            if ![
+                "set_headers",
+                "remove_headers",
+                "set_fields",
+                "remove_fields",
+            ]
+            .contains(&key.as_str())
+            {
                 return Err(format!("unknown key {key:?}"));
             }
         }
@@ -45,7 +52,11 @@ impl Plugin for Rewrite {
             }
         }
         if let Some(h) = config.get("remove_headers").and_then(Value::as_array) {
-            p.remove_headers = h.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+            p.remove_headers = h
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(f) = config.get("set_fields").and_then(Value::as_object) {
             for (k, v) in f {
@@ -53,7 +64,11 @@ impl Plugin for Rewrite {
             }
         }
         if let Some(f) = config.get("remove_fields").and_then(Value::as_array) {
-            p.remove_fields = f.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+            p.remove_fields = f
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
         }
         RequestDecision::Modify(p)
     }

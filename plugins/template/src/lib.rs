@@ -19,7 +19,8 @@ impl Plugin for Template {
 
     fn init(config: String) -> Result<(), String> {
         // Reject configs you cannot use; the gateway refuses to start with them.
-        match relay_plugin_sdk::serde_json::from_str::<relay_plugin_sdk::serde_json::Value>(&config) {
+        match relay_plugin_sdk::serde_json::from_str::<relay_plugin_sdk::serde_json::Value>(&config)
+        {
             Ok(v) if v.is_null() || v.is_object() => Ok(()),
             _ => Err("config must be a JSON object".into()),
         }

@@ -14,7 +14,11 @@ async fn the_sdk_template_plugin_runs_through_the_gateway() {
         "{}{}{}",
         plugins_section(&["name = \"template\""]),
         channel("a", &up.base_url(), &["m"]),
-        preset("p", "a", r#"[{ name = "template", config = { header = "x-from-plugin" } }]"#),
+        preset(
+            "p",
+            "a",
+            r#"[{ name = "template", config = { header = "x-from-plugin" } }]"#
+        ),
     ))
     .await;
     let r = gw.post("/v1/chat/completions", &chat("p", false)).await;
@@ -33,7 +37,8 @@ async fn pii_redact_masks_emails_phones_and_cards_before_the_upstream() {
         preset("p", "a", r#"[{ name = "pii-redact" }]"#),
     ))
     .await;
-    let text = "Mail jane.doe@example.com, call +1 (415) 555-0100, card 4111 1111 1111 1111, order 42.";
+    let text =
+        "Mail jane.doe@example.com, call +1 (415) 555-0100, card 4111 1111 1111 1111, order 42.";
     let r = gw
         .post("/v1/chat/completions", &chat_with("p", false, text))
         .await;
@@ -41,8 +46,7 @@ async fn pii_redact_masks_emails_phones_and_cards_before_the_upstream() {
     let body: serde_json::Value = serde_json::from_slice(&up.requests()[0].body).unwrap();
     let sent = body["messages"][0]["content"].as_str().unwrap();
     assert_eq!(
-        sent,
-        "Mail [EMAIL], call [PHONE], card [CARD], order 42.",
+        sent, "Mail [EMAIL], call [PHONE], card [CARD], order 42.",
         "{body}"
     );
     // Everything else in the body is untouched.
@@ -96,7 +100,11 @@ async fn guard_denies_requests_in_the_clients_dialect() {
         .await;
     assert_eq!(ok.status, 200);
     let recs = gw.wait_records(3).await;
-    assert!(recs.iter().any(|r| r.error_kind.as_deref() == Some("plugin")), "{recs:?}");
+    assert!(
+        recs.iter()
+            .any(|r| r.error_kind.as_deref() == Some("plugin")),
+        "{recs:?}"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +146,10 @@ async fn guard_replaces_a_complete_answer_that_contains_a_term() {
     let up = mock(tokens(16)).await;
     let gw = gateway(&guard_gateway_toml(&up.base_url())).await;
     let r = gw
-        .post("/v1/chat/completions", &chat_with("p", false, "say something"))
+        .post(
+            "/v1/chat/completions",
+            &chat_with("p", false, "say something"),
+        )
         .await;
     assert_eq!(r.status, 451, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["message"], "blocked by policy");
@@ -188,7 +199,9 @@ async fn quota_exhausted_upstream() -> (String, std::sync::Arc<std::sync::atomic
                 let mut seen = Vec::new();
                 // Read the head and the body (Content-Length).
                 loop {
-                    let Ok(n) = sock.read(&mut buf).await else { return };
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -236,12 +249,24 @@ async fn error_policy_falls_back_at_once_when_the_quota_is_exhausted() {
         channel("quota", &quota_url, &["m"]),
         channel("b", &up.base_url(), &["m"]),
     );
-    let gw = gateway(&format!("{base}{}", two_items(r#"[{ name = "error-policy" }]"#))).await;
+    let gw = gateway(&format!(
+        "{base}{}",
+        two_items(r#"[{ name = "error-policy" }]"#)
+    ))
+    .await;
     let t = Instant::now();
     let r = gw.post("/v1/chat/completions", &chat("p", false)).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "no retry on a dead quota");
-    assert!(t.elapsed() < Duration::from_millis(900), "no Retry-After wait: {:?}", t.elapsed());
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no retry on a dead quota"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "no Retry-After wait: {:?}",
+        t.elapsed()
+    );
     drop(gw);
 
     // Without the plugin the relay retries the 429 (honouring Retry-After) first.
@@ -292,7 +317,8 @@ async fn error_policy_retries_a_rate_limit_the_relay_would_give_up_on() {
 #[tokio::test]
 async fn the_kill_switch_turns_every_plugin_off() {
     let up = mock(tokens(3)).await;
-    let toml = guard_gateway_toml(&up.base_url()).replace("[plugins]\n", "[plugins]\nenabled = false\n");
+    let toml =
+        guard_gateway_toml(&up.base_url()).replace("[plugins]\n", "[plugins]\nenabled = false\n");
     let gw = gateway(&toml).await;
     let r = gw
         .post(

@@ -14,7 +14,18 @@ async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway 
         "limits = {{ hook_deadline_ms = {DEADLINE_MS}, memory_bytes = 16777216, max_output_bytes = 65536, breaker_failures = {breaker_failures}, breaker_cooldown_ms = 60000 }}"
     );
     let mut presets = String::new();
-    for mode in ["loop", "memory", "stack", "panic", "trap", "oversize", "secret", "allowed-secret", "print", "stream-loop"] {
+    for mode in [
+        "loop",
+        "memory",
+        "stack",
+        "panic",
+        "trap",
+        "oversize",
+        "secret",
+        "allowed-secret",
+        "print",
+        "stream-loop",
+    ] {
         presets.push_str(&preset(
             &format!("closed-{mode}"),
             "a",
@@ -23,7 +34,9 @@ async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway 
         presets.push_str(&preset(
             &format!("open-{mode}"),
             "a",
-            &format!(r#"[{{ name = "hostile-open", config = {{ mode = "{mode}", stream = true }} }}]"#),
+            &format!(
+                r#"[{{ name = "hostile-open", config = {{ mode = "{mode}", stream = true }} }}]"#
+            ),
         ));
     }
     presets.push_str(&preset("plain", "a", "[]"));
@@ -44,12 +57,20 @@ async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway 
 async fn with_bystander(gw: &TestGateway, model: &str) -> (Reply, Duration) {
     let (bad, good) = (chat(model, false), chat("plain", false));
     let (hostile, plain) = tokio::join!(timed(gw, &bad), timed(gw, &good));
-    assert_eq!(plain.0.status, 200, "bystander: {}", String::from_utf8_lossy(&plain.0.body));
+    assert_eq!(
+        plain.0.status,
+        200,
+        "bystander: {}",
+        String::from_utf8_lossy(&plain.0.body)
+    );
     hostile
 }
 
 fn message(r: &Reply) -> String {
-    r.json()["error"]["message"].as_str().unwrap_or_default().to_owned()
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -81,7 +102,10 @@ async fn an_infinite_loop_in_a_fail_open_plugin_lets_the_request_through() {
     let _ = timed(&gw, &chat("open-loop", false)).await;
     let (r, took) = with_bystander(&gw, "open-loop").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(took < Duration::from_millis(DEADLINE_MS + 150), "took {took:?}");
+    assert!(
+        took < Duration::from_millis(DEADLINE_MS + 150),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +115,11 @@ async fn a_loop_in_a_stream_hook_ends_the_stream_or_is_bypassed() {
     // Fail-closed: the first chunk's hook is cut; the stream ends with an error event
     // and no [DONE], and nothing the plugin did not pass reached the client.
     let resp = gw
-        .send("/v1/chat/completions", Some(KEY), chat("closed-stream-loop", true).to_string())
+        .send(
+            "/v1/chat/completions",
+            Some(KEY),
+            chat("closed-stream-loop", true).to_string(),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let events = read_events(resp, Instant::now()).await;
@@ -101,12 +129,20 @@ async fn a_loop_in_a_stream_hook_ends_the_stream_or_is_bypassed() {
     assert_eq!(text_of(&events), "");
     // A loop in before-request fails the request before any stream.
     let resp = gw
-        .send("/v1/chat/completions", Some(KEY), chat("closed-loop", true).to_string())
+        .send(
+            "/v1/chat/completions",
+            Some(KEY),
+            chat("closed-loop", true).to_string(),
+        )
         .await;
     assert_eq!(resp.status(), 503);
     // Fail-open: before-request is cut and skipped, chunk hooks too; the answer streams.
     let resp = gw
-        .send("/v1/chat/completions", Some(KEY), chat("open-loop", true).to_string())
+        .send(
+            "/v1/chat/completions",
+            Some(KEY),
+            chat("open-loop", true).to_string(),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let events = read_events(resp, Instant::now()).await;
@@ -144,7 +180,12 @@ async fn a_panic_and_a_trap_are_contained() {
     let gw = hostile_gateway(&up, 100).await;
     for mode in ["panic", "trap"] {
         let (r, _) = with_bystander(&gw, &format!("closed-{mode}")).await;
-        assert_eq!(r.status, 503, "{mode}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            503,
+            "{mode}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(message(&r).contains("trapped"), "{}", message(&r));
         let (r, _) = with_bystander(&gw, &format!("open-{mode}")).await;
         assert_eq!(r.status, 200, "{mode}");
@@ -163,8 +204,12 @@ async fn an_oversized_output_is_refused() {
     assert!(m.contains("invalid output") || m.contains("trapped"), "{m}");
     let (r, _) = with_bystander(&gw, "open-oversize").await;
     assert_eq!(r.status, 200);
-    let body: serde_json::Value = serde_json::from_slice(&up.requests().last().unwrap().body).unwrap();
-    assert!(body.get("padding").is_none(), "the oversized patch was not applied");
+    let body: serde_json::Value =
+        serde_json::from_slice(&up.requests().last().unwrap().body).unwrap();
+    assert!(
+        body.get("padding").is_none(),
+        "the oversized patch was not applied"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +222,10 @@ async fn an_undeclared_secret_is_refused_and_a_declared_one_is_given() {
     assert!(!String::from_utf8_lossy(&r.body).contains("sk-must-not-leak"));
     let (r, _) = with_bystander(&gw, "closed-allowed-secret").await;
     assert_eq!(r.status, 200);
-    assert_eq!(String::from_utf8_lossy(&r.body), "declared secret has 12 bytes");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "declared secret has 12 bytes"
+    );
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::fast_rand;
 use super::health::{Health, HealthBoard};
 use crate::adapter::{Adapter, AdapterRegistry};
-use crate::hooks::{ItemHooks, PluginFactory};
 use crate::config::{
     ChannelConfig, ConfigError, PresetItem, RelayConfig, RetryPolicy, Secret, Strategy, Timeouts,
 };
+use crate::hooks::{ItemHooks, PluginFactory};
 
 /// A channel ready to serve: its config, adapter, credentials and health.
 pub struct Channel {
