@@ -180,7 +180,7 @@ impl host::Host for HostState {
     }
 
     fn secret(&mut self, name: String) -> Result<String, host::SecretError> {
-        if !self.shared.declared_secrets.iter().any(|s| *s == name) {
+        if !self.shared.declared_secrets.contains(&name) {
             tracing::warn!(
                 target: "relay::plugin",
                 plugin = %self.shared.name,

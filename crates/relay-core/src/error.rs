@@ -163,7 +163,8 @@ pub struct RelayError {
     param: Option<String>,
     retry_after: Option<Duration>,
     upstream_status: Option<u16>,
-    upstream_body: Option<bytes::Bytes>,
+    /// Boxed: errors travel in `Result`s everywhere and must stay small.
+    upstream_body: Option<Box<bytes::Bytes>>,
 }
 
 impl RelayError {
@@ -281,7 +282,7 @@ impl RelayError {
 
     /// Keep the upstream's error body (for `on_error` plugins; never sent to clients).
     pub fn with_upstream_body(mut self, body: bytes::Bytes) -> Self {
-        self.upstream_body = (!body.is_empty()).then_some(body);
+        self.upstream_body = (!body.is_empty()).then(|| Box::new(body));
         self
     }
 
@@ -339,7 +340,7 @@ impl RelayError {
     }
     /// The upstream's error body, when it answered with one.
     pub fn upstream_body(&self) -> Option<&bytes::Bytes> {
-        self.upstream_body.as_ref()
+        self.upstream_body.as_deref()
     }
     /// A low-cardinality label for metrics.
     pub fn error_metric(&self) -> &'static str {
