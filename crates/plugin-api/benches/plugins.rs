@@ -135,15 +135,21 @@ fn requests(c: &mut Criterion) {
             .map(|_| serde_json::json!({"name": "noop"}))
             .collect()
     };
+    let presets: Vec<serde_json::Value> = [0, 1, 4, 8]
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": format!("p{n}"),
+                "items": [{"channels": ["a"], "model": "m", "plugins": plugins(*n)}],
+            })
+        })
+        .collect();
     let config: RelayConfig = serde_json::from_value(serde_json::json!({
         "channels": [{
             "id": "a", "provider": "openai-compatible", "base_url": mock.base_url(),
             "allow_private_network": true, "api_keys": ["sk-a"], "models": ["m"],
         }],
-        "presets": [0, 1, 4, 8].iter().map(|n| serde_json::json!({
-            "name": format!("p{n}"),
-            "items": [{"channels": ["a"], "model": "m", "plugins": plugins(*n)}],
-        })).collect::<Vec<_>>(),
+        "presets": presets,
     }))
     .unwrap();
     let relay = Relay::builder(config)
