@@ -8,7 +8,6 @@ use relay_core::hooks::{ItemHooks, PluginFactory};
 
 use crate::chain::{ChainEntry, ItemChain};
 use crate::host::{LoadedPlugin, PluginHost};
-use crate::state::HostState;
 
 impl PluginFactory for PluginHost {
     fn chain(
@@ -42,10 +41,11 @@ pub fn init(plugin: &LoadedPlugin, config: &Arc<str>) -> Result<(), String> {
         .instantiate(config.clone())
         .map_err(|e| format!("cannot instantiate: {e}"))?;
     let text = config.to_string();
+    live.store
+        .set_epoch_deadline(crate::host::deadline_ticks(crate::host::INIT_DEADLINE));
     let result = live
-        .call(plugin, |p, s: &mut wasmtime::Store<HostState>| {
-            p.call_init(s, &text)
-        })
-        .map_err(|e| format!("init {e}"))?;
+        .plugin
+        .call_init(&mut live.store, &text)
+        .map_err(|e| format!("init {}", crate::host::classify(&e, "init")))?;
     result.map_err(|e| format!("rejects its config: {e}"))
 }

@@ -25,6 +25,12 @@ use crate::limits::PluginLimits;
 use crate::metrics::MetricsSnapshot;
 use crate::state::{HostState, PluginShared};
 
+/// The time instantiation (guest start-up code) may take at most, whatever the hook
+/// deadline.
+pub(crate) const INSTANTIATE_DEADLINE: Duration = Duration::from_millis(500);
+/// `init` (at config load, off the request path) may take this long.
+pub(crate) const INIT_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Epoch tick: the granularity of hook deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -125,7 +131,12 @@ impl LoadedPlugin {
             HostState::new(self.shared.clone(), config),
         );
         store.limiter(|s| s.limiter());
-        store.set_epoch_deadline(deadline_ticks(self.shared.limits.hook_deadline()));
+        // Instantiation runs no hook, only the guest's start-up code: it gets the
+        // longer of the hook deadline and INSTANTIATE_DEADLINE (each hook call then sets
+        // its own deadline).
+        store.set_epoch_deadline(deadline_ticks(
+            self.shared.limits.hook_deadline().max(INSTANTIATE_DEADLINE),
+        ));
         let plugin = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.pre.instantiate(&mut store)
         }))
@@ -167,7 +178,7 @@ impl std::fmt::Display for PluginFailure {
     }
 }
 
-fn deadline_ticks(d: Duration) -> u64 {
+pub(crate) fn deadline_ticks(d: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos().max(1);
     (d.as_nanos().div_ceil(tick) as u64).max(1)
 }

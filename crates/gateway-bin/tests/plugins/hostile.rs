@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::*;
 
 /// Hook deadline in these tests.
-const DEADLINE_MS: u64 = 20;
+const DEADLINE_MS: u64 = 50;
 
 async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway {
     let limits = format!(
@@ -83,9 +83,9 @@ async fn an_infinite_loop_is_cut_at_the_deadline_and_fails_closed() {
         let (r, took) = with_bystander(&gw, "closed-loop").await;
         assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
         assert!(message(&r).contains("timed out"), "{}", message(&r));
-        // The deadline plus a few ms (debug build, shared 2-core machine: allow 150).
+        // The deadline plus a few ms (debug build, shared 2-core machine: allow 250).
         assert!(
-            took < Duration::from_millis(DEADLINE_MS + 150),
+            took < Duration::from_millis(DEADLINE_MS + 250),
             "took {took:?}"
         );
     }
@@ -103,7 +103,7 @@ async fn an_infinite_loop_in_a_fail_open_plugin_lets_the_request_through() {
     let (r, took) = with_bystander(&gw, "open-loop").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(
-        took < Duration::from_millis(DEADLINE_MS + 150),
+        took < Duration::from_millis(DEADLINE_MS + 250),
         "took {took:?}"
     );
 }
