@@ -31,6 +31,9 @@ pub struct GatewayConfig {
     /// Upstream client settings.
     #[serde(default)]
     pub upstream: UpstreamSettings,
+    /// WebAssembly plugins: registry, limits, cache, kill switch.
+    #[serde(default)]
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 /// Listener and request limits.

@@ -6,7 +6,7 @@
 //! config that wires channels and presets. The binary (`relay-gateway`) is a thin CLI
 //! over [`Gateway`].
 //!
-//! Modules: [`config`] (the TOML file), [`auth`] (keys), [`routes`] (inbound routes),
+//! Modules: [`config`] (the TOML file), [`plugins`] (the plugin registry and `plugin check`), [`auth`] (keys), [`routes`] (inbound routes),
 //! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
 //! [`usage_log`] (settlement records as log lines); with a store: [`tenancy`] (keys,
 //! limits, quotas, usage to the store, config from the store), [`keys`] (the key cache),
@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod limits;
+pub mod plugins;
 pub mod respond;
 pub mod routes;
 pub mod server;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(short, long, env = "RELAY_CONFIG")]
         config: PathBuf,
     },
+    /// Work with WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print the SHA-256 of an API key, for `key_sha256` in the config.
     HashKey {
         /// The key.
@@ -65,6 +70,20 @@ enum Command {
     Channels(cli::ChannelsCommand),
     /// Usage and cost report from the store.
     Usage(cli::UsageArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Validate a plugin component against the relay:plugin@0.1.0 WIT, list the
+    /// hooks it exports and the capabilities it imports, and run its init and each
+    /// declared hook once on a sample request, with timings.
+    Check {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// The preset item config to give the plugin (JSON).
+        #[arg(long, default_value = "null")]
+        config: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +139,18 @@ fn main() -> ExitCode {
         Command::Keys(c) => cli::run(cli::StoreCommand::Keys(c)),
         Command::Channels(c) => cli::run(cli::StoreCommand::Channels(c)),
         Command::Usage(u) => cli::run(cli::StoreCommand::Usage(u)),
+        Command::Plugin {
+            command: PluginCommand::Check { file, config },
+        } => match relay_gateway::plugins::check(&file, &config) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve {
             config,
             listen,

@@ -33,6 +33,9 @@ pub enum StartError {
     /// The key list is invalid.
     #[error("invalid keys:\n  - {}", .0.join("\n  - "))]
     Keys(Vec<String>),
+    /// A plugin could not be loaded.
+    #[error("{0}")]
+    Plugins(String),
     /// Binding or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -80,10 +83,13 @@ impl Gateway {
         let keys = KeyStore::from_config(&config.keys).map_err(StartError::Keys)?;
         let mocks = Mutex::new(HashMap::new());
         let relay_config = with_builtin_mocks(config.relay_config(), &mocks).await?;
-        let relay = Relay::builder(relay_config)
+        let mut builder = Relay::builder(relay_config)
             .adapters(relay_adapters::default_registry())
-            .usage_sink(Arc::new(LogSink::new(sink)))
-            .build()?;
+            .usage_sink(Arc::new(LogSink::new(sink)));
+        if let Some(host) = config.plugins.start().map_err(StartError::Plugins)? {
+            builder = builder.plugins(Arc::new(host));
+        }
+        let relay = builder.build()?;
         if keys.is_empty() {
             tracing::warn!("no API keys configured: every relay request will get 401");
         }

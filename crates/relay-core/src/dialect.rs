@@ -70,7 +70,7 @@ impl Operation {
 pub type JsonObject = IndexMap<String, Box<RawValue>, foldhash::fast::RandomState>;
 
 /// A decoded client request, ready for the engine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InboundRequest {
     /// The client's dialect.
     pub dialect: DialectId,

@@ -163,6 +163,8 @@ pub struct RelayError {
     param: Option<String>,
     retry_after: Option<Duration>,
     upstream_status: Option<u16>,
+    /// Boxed: errors travel in `Result`s everywhere and must stay small.
+    upstream_body: Option<Box<bytes::Bytes>>,
 }
 
 impl RelayError {
@@ -188,6 +190,7 @@ impl RelayError {
             param: None,
             retry_after: None,
             upstream_status: None,
+            upstream_body: None,
         }
     }
 
@@ -277,6 +280,12 @@ impl RelayError {
         self
     }
 
+    /// Keep the upstream's error body (for `on_error` plugins; never sent to clients).
+    pub fn with_upstream_body(mut self, body: bytes::Bytes) -> Self {
+        self.upstream_body = (!body.is_empty()).then(|| Box::new(body));
+        self
+    }
+
     /// Override what the engine does next.
     pub fn with_disposition(mut self, disposition: Disposition) -> Self {
         self.disposition = disposition;
@@ -328,6 +337,10 @@ impl RelayError {
     /// The status the upstream answered, if this came from one.
     pub fn upstream_code(&self) -> Option<u16> {
         self.upstream_status
+    }
+    /// The upstream's error body, when it answered with one.
+    pub fn upstream_body(&self) -> Option<&bytes::Bytes> {
+        self.upstream_body.as_deref()
     }
     /// A low-cardinality label for metrics.
     pub fn error_metric(&self) -> &'static str {

@@ -4,7 +4,8 @@
 //! resolve the preset it names, pick an upstream channel, call it, stream the answer back,
 //! retry and fail over while nothing has reached the client, and settle token usage once.
 //!
-//! This crate has no HTTP server, no storage and no plugin runtime; providers come in as
+//! This crate has no HTTP server, no storage and no plugin runtime (plugins reach it
+//! through the [`hooks`] traits); providers come in as
 //! [`Adapter`]s registered by name (see the `relay-adapters` crate), usage leaves through a
 //! [`UsageSink`].
 //!
@@ -26,6 +27,7 @@
 //! - [`engine`]: the relay loop, the response body, settlement;
 //! - [`sse`]: incremental server-sent-events parsing and encoding;
 //! - [`usage`]: usage records and sinks;
+//! - [`hooks`]: the plugin hook contract (implemented by `relay-plugin-api`);
 //! - [`error`]: the one error type.
 
 pub mod adapter;
@@ -34,6 +36,7 @@ pub mod config;
 pub mod dialect;
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod ir;
 pub mod select;
 pub mod sse;

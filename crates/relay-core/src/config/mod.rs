@@ -9,7 +9,7 @@ mod preset;
 mod validate;
 
 pub use channel::{ChannelConfig, Secret};
-pub use preset::{PresetConfig, PresetItem, RetryPolicy, Strategy, Timeouts};
+pub use preset::{PluginRef, PresetConfig, PresetItem, RetryPolicy, Strategy, Timeouts};
 pub use validate::{ConfigError, validate_base_url};
 
 use serde::{Deserialize, Serialize};

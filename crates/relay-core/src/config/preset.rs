@@ -38,6 +38,31 @@ pub struct PresetItem {
     /// Overrides the default timeouts.
     #[serde(default)]
     pub timeouts: Option<Timeouts>,
+    /// Plugins around each attempt: before-hooks run in this order, after and
+    /// on-error hooks in reverse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginRef>,
+}
+
+/// One plugin of a preset item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// The plugin's registered name.
+    pub name: String,
+    /// The registered version; any registered version when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// This item's config for the plugin (any JSON; the plugin's `init` checks it).
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Off: the item runs as if the plugin were not listed.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// How an item picks a channel for each attempt.

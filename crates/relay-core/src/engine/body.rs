@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use super::settle::Settlement;
 use crate::adapter::StreamTranslator;
 use crate::error::{ErrorKind, RelayError, Side};
+use crate::hooks::StreamFilter;
 use crate::select::{Channel, HealthBoard};
 use crate::sse::SseParser;
 use crate::usage::Outcome;
@@ -126,6 +127,8 @@ pub(crate) struct StreamState {
     pub(crate) settlement: Settlement,
     pub(crate) channel: Arc<Channel>,
     pub(crate) board: Arc<HealthBoard>,
+    /// Plugins' stream filter; `None` (the fast path) when no plugin looks at streams.
+    pub(crate) filter: Option<Box<dyn StreamFilter>>,
 }
 
 impl StreamState {
@@ -136,6 +139,7 @@ impl StreamState {
         settlement: Settlement,
         channel: Arc<Channel>,
         board: Arc<HealthBoard>,
+        filter: Option<Box<dyn StreamFilter>>,
     ) -> Self {
         let StartedStream {
             upstream,
@@ -156,8 +160,22 @@ impl StreamState {
             settlement,
             channel,
             board,
+            filter,
         };
         state.settlement.first_token();
+        // What was held before the commit goes through the plugins too.
+        if let Some(filter) = state.filter.as_mut() {
+            let mut result = filter.on_chunk(&mut state.out);
+            if result.is_ok() && done {
+                result = filter.on_end(&mut state.out);
+            }
+            if let Err(e) = result {
+                // Nothing the filter did not pass may go out.
+                state.out.clear();
+                state.end(Some(e));
+                return state;
+            }
+        }
         if done {
             state.end(None);
         }
@@ -216,7 +234,14 @@ impl StreamState {
                         }
                     }
                     if !self.ended {
-                        let result = self.translator.on_eof(&mut self.out);
+                        let result = match self.filter.is_some() {
+                            false => self.translator.on_eof(&mut self.out),
+                            true => {
+                                let mut scratch = BytesMut::new();
+                                let result = self.translator.on_eof(&mut scratch);
+                                self.filtered(scratch, result.is_ok())
+                            }
+                        };
                         self.end(result.err());
                     }
                 }
@@ -263,6 +288,9 @@ impl StreamState {
 
     /// Returns false once the stream has ended.
     fn on_event(&mut self, event: crate::sse::SseEvent) -> bool {
+        if self.filter.is_some() {
+            return self.on_event_filtered(event);
+        }
         match self.translator.on_event(event, &mut self.out) {
             Ok(progress) => {
                 if progress.done {
@@ -276,6 +304,43 @@ impl StreamState {
                 false
             }
         }
+    }
+
+    /// [`on_event`](Self::on_event) with plugins: the event's client bytes go through
+    /// the filter first; at the terminal event the filter releases what it held.
+    fn on_event_filtered(&mut self, event: crate::sse::SseEvent) -> bool {
+        let mut scratch = BytesMut::new();
+        let progress = match self.translator.on_event(event, &mut scratch) {
+            Ok(p) => p,
+            Err(e) => {
+                self.end(Some(e));
+                return false;
+            }
+        };
+        if let Err(e) = self.filtered(scratch, progress.done) {
+            self.end(Some(e));
+            return false;
+        }
+        if progress.done {
+            self.end(None);
+            return false;
+        }
+        true
+    }
+
+    /// Pass `chunk` through the filter (and, when the stream ends cleanly, let it
+    /// release what it held), then queue the result for the client.
+    fn filtered(&mut self, mut chunk: BytesMut, end: bool) -> Result<(), RelayError> {
+        let Some(filter) = self.filter.as_mut() else {
+            self.out.unsplit(chunk);
+            return Ok(());
+        };
+        filter.on_chunk(&mut chunk)?;
+        if end {
+            filter.on_end(&mut chunk)?;
+        }
+        self.out.unsplit(chunk);
+        Ok(())
     }
 
     /// End the stream: append an error event if there is one, settle.

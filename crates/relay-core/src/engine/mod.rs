@@ -26,6 +26,9 @@ use crate::adapter::{AdapterRegistry, DecodedResponse, UpstreamCall};
 use crate::config::{ConfigError, RelayConfig, RetryPolicy};
 use crate::dialect::InboundRequest;
 use crate::error::{Disposition, ErrorKind, RelayError, Side};
+use crate::hooks::{
+    AttemptFailure, ErrorAction, HookSession, PluginFactory, Reply, RequestAction, RequestPatch,
+};
 use crate::select::{Channel, ChannelSet, Preset, Route, RoutingTable};
 use crate::sse::SseParser;
 use crate::usage::{NullSink, UsageRecord, UsageSink};
@@ -66,6 +69,7 @@ pub struct RelayBuilder {
     config: RelayConfig,
     adapters: AdapterRegistry,
     sink: Arc<dyn UsageSink>,
+    plugins: Option<Arc<dyn PluginFactory>>,
 }
 
 impl RelayBuilder {
@@ -81,10 +85,22 @@ impl RelayBuilder {
         self
     }
 
+    /// Run preset items' plugins through this factory (without one, `plugins` lists are
+    /// ignored).
+    pub fn plugins(mut self, factory: Arc<dyn PluginFactory>) -> Self {
+        self.plugins = Some(factory);
+        self
+    }
+
     /// Validate the config and build the engine. Must be called inside a Tokio runtime
     /// only when requests are made, not to build.
     pub fn build(self) -> Result<Relay, BuildError> {
-        let table = RoutingTable::build(&self.config, &self.adapters, None)?;
+        let table = RoutingTable::build_with_plugins(
+            &self.config,
+            &self.adapters,
+            None,
+            self.plugins.as_deref(),
+        )?;
         let client = UpstreamClient::new(&self.config.upstream)?;
         Ok(Relay {
             inner: Arc::new(Inner {
@@ -92,6 +108,7 @@ impl RelayBuilder {
                 adapters: self.adapters,
                 client,
                 sink: self.sink,
+                plugins: self.plugins,
                 max_response_bytes: self.config.upstream.max_response_bytes,
             }),
         })
@@ -120,6 +137,7 @@ struct Inner {
     adapters: AdapterRegistry,
     client: UpstreamClient,
     sink: Arc<dyn UsageSink>,
+    plugins: Option<Arc<dyn PluginFactory>>,
     max_response_bytes: usize,
 }
 
@@ -135,6 +153,17 @@ impl std::fmt::Debug for Relay {
 enum Answer {
     Full(DecodedResponse),
     Stream(StartedStream),
+    /// A plugin answered; no upstream was called.
+    Reply(Reply),
+}
+
+/// What a successful [`Relay::run`] hands to [`Relay::respond`].
+struct Success {
+    answer: Answer,
+    channel: Option<Arc<Channel>>,
+    idle: Duration,
+    deadline: Instant,
+    session: Option<Box<dyn HookSession>>,
 }
 
 impl Relay {
@@ -144,6 +173,7 @@ impl Relay {
             config,
             adapters: AdapterRegistry::new(),
             sink: Arc::new(NullSink),
+            plugins: None,
         }
     }
 
@@ -151,7 +181,12 @@ impl Relay {
     /// channel health carries over by id.
     pub fn reload(&self, config: &RelayConfig) -> Result<(), ConfigError> {
         let current = self.inner.table.load();
-        let table = RoutingTable::build(config, &self.inner.adapters, Some(&current))?;
+        let table = RoutingTable::build_with_plugins(
+            config,
+            &self.inner.adapters,
+            Some(&current),
+            self.inner.plugins.as_deref(),
+        )?;
         self.inner.table.store(Arc::new(table));
         Ok(())
     }
@@ -188,12 +223,13 @@ impl Relay {
         let table = self.inner.table.load_full();
         let result = match table.resolve(&inbound.model) {
             None => Err(RelayError::model_not_found(&inbound.model)),
-            Some(preset) => self.run(&table, preset, inbound, &mut settlement).await,
+            Some(preset) => {
+                self.run(&table, preset, inbound, &req.request_id, &mut settlement)
+                    .await
+            }
         };
         match result {
-            Ok((answer, channel, timeouts_idle, deadline)) => {
-                Ok(self.respond(answer, settlement, channel, &table, timeouts_idle, deadline))
-            }
+            Ok(success) => Ok(self.respond(success, settlement, &table)),
             Err(err) => {
                 settlement.fail(&err);
                 Err(err)
@@ -203,15 +239,27 @@ impl Relay {
 
     fn respond(
         &self,
-        answer: Answer,
+        success: Success,
         mut settlement: Settlement,
-        channel: Arc<Channel>,
         table: &RoutingTable,
-        idle: Duration,
-        deadline: Instant,
     ) -> http::Response<RelayBody> {
-        match answer {
-            Answer::Full(decoded) => {
+        let Success {
+            answer,
+            channel,
+            idle,
+            deadline,
+            session,
+        } = success;
+        match (answer, channel) {
+            (Answer::Reply(reply), _) => {
+                settlement.finish(crate::usage::Outcome::Ok, None);
+                let mut resp = http::Response::new(RelayBody::full(reply.body));
+                *resp.status_mut() = reply.status;
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, reply.content_type);
+                resp
+            }
+            (Answer::Full(decoded), _) => {
                 settlement.usage_seen = decoded.usage;
                 settlement.finish(crate::usage::Outcome::Ok, None);
                 let mut resp = http::Response::new(RelayBody::full(decoded.body));
@@ -219,7 +267,8 @@ impl Relay {
                     .insert(header::CONTENT_TYPE, decoded.content_type);
                 resp
             }
-            Answer::Stream(started) => {
+            (Answer::Stream(started), Some(channel)) => {
+                let filter = session.and_then(|s| s.into_stream_filter());
                 let state = StreamState::new(
                     started,
                     idle,
@@ -227,6 +276,7 @@ impl Relay {
                     settlement,
                     channel,
                     table.board.clone(),
+                    filter,
                 );
                 let mut resp = http::Response::new(RelayBody::stream(state));
                 let h = resp.headers_mut();
@@ -238,6 +288,12 @@ impl Relay {
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
                 resp
             }
+            (Answer::Stream(_), None) => {
+                // Unreachable: a stream always comes from a channel.
+                let err = RelayError::internal("a stream without a channel");
+                settlement.fail(&err);
+                http::Response::new(RelayBody::empty())
+            }
         }
     }
 
@@ -247,8 +303,9 @@ impl Relay {
         table: &RoutingTable,
         preset: &Preset,
         inbound: &InboundRequest,
+        request_id: &str,
         settlement: &mut Settlement,
-    ) -> Result<(Answer, Arc<Channel>, Duration, Instant), RelayError> {
+    ) -> Result<Success, RelayError> {
         let started = settlement.started();
         // Channels that must not be used again in this request, and ones that failed in
         // a way a later retry may fix.
@@ -261,6 +318,38 @@ impl Relay {
             let deadline = started + route.timeouts.total();
             let mut round = 0u32;
             let mut item_attempts = 0u32;
+            // Plugins (only when the item has any): before-hooks once per item; their
+            // body changes make an owned copy of the request, header changes apply to
+            // every attempt.
+            let mut session = route.hooks.as_ref().map(|h| h.start(request_id, index));
+            let mut patched: Option<InboundRequest> = None;
+            let mut patch: Option<RequestPatch> = None;
+            if let Some(s) = session.as_mut() {
+                match s.before_request(inbound)? {
+                    RequestAction::Proceed => {}
+                    RequestAction::Modify(p) => {
+                        if p.touches_body() {
+                            let mut owned = inbound.clone();
+                            p.apply_body(&mut owned);
+                            patched = Some(owned);
+                        }
+                        patch = Some(p);
+                    }
+                    RequestAction::Respond(reply) => {
+                        if let Some(r) = settlement.record_mut() {
+                            r.item = Some(index);
+                        }
+                        return Ok(Success {
+                            answer: Answer::Reply(reply),
+                            channel: None,
+                            idle: route.timeouts.idle(),
+                            deadline,
+                            session,
+                        });
+                    }
+                }
+            }
+            let request = patched.as_ref().unwrap_or(inbound);
             while item_attempts < route.retry.max_attempts {
                 let now = Instant::now();
                 if now >= deadline {
@@ -303,10 +392,21 @@ impl Relay {
                     r.upstream_dialect = Some(channel.adapter.dialect().as_str());
                 }
                 match self
-                    .attempt(route, &channel, &model, inbound, deadline)
+                    .attempt(route, &channel, &model, request, deadline, patch.as_ref())
                     .await
                 {
-                    Ok(answer) => return Ok((answer, channel, route.timeouts.idle(), deadline)),
+                    Ok(mut answer) => {
+                        if let (Some(s), Answer::Full(decoded)) = (session.as_mut(), &mut answer) {
+                            s.after_response(request, decoded)?;
+                        }
+                        return Ok(Success {
+                            answer,
+                            channel: Some(channel),
+                            idle: route.timeouts.idle(),
+                            deadline,
+                            session,
+                        });
+                    }
                     Err(err) => {
                         tracing::warn!(
                             channel = %channel.id(),
@@ -315,6 +415,28 @@ impl Relay {
                             error = %err,
                             "upstream attempt failed"
                         );
+                        let action = match session.as_mut() {
+                            None => ErrorAction::Default,
+                            Some(s) => s.on_error(&AttemptFailure {
+                                error: &err,
+                                attempt: attempts,
+                                item: index,
+                            }),
+                        };
+                        let err = match action {
+                            ErrorAction::Default => err,
+                            ErrorAction::Retry(after) => err
+                                .with_disposition(Disposition::Retry)
+                                .with_retry_after(Some(after)),
+                            ErrorAction::Fallback => {
+                                tried.insert(&channel);
+                                last_err = Some(err);
+                                break;
+                            }
+                            ErrorAction::Abort => {
+                                return Err(err.with_disposition(Disposition::Fatal));
+                            }
+                        };
                         match err.disposition() {
                             Disposition::Fatal => return Err(err),
                             Disposition::Failover => {
@@ -360,6 +482,7 @@ impl Relay {
         model: &str,
         inbound: &InboundRequest,
         deadline: Instant,
+        patch: Option<&RequestPatch>,
     ) -> Result<Answer, RelayError> {
         let call = UpstreamCall {
             request: inbound,
@@ -371,13 +494,16 @@ impl Relay {
         let adapter = &channel.adapter;
         // A request this channel cannot express (a feature its dialect lacks) never left:
         // another channel or item may take it. If none can, the client gets this reason.
-        let request = adapter.build_request(&call).map_err(|e| {
+        let mut request = adapter.build_request(&call).map_err(|e| {
             if e.disposition() == Disposition::Fatal {
                 e.with_disposition(Disposition::Failover)
             } else {
                 e
             }
         })?;
+        if let Some(patch) = patch {
+            patch.apply_headers(request.headers_mut());
+        }
         let sent = Instant::now();
         let first_byte = (sent + route.timeouts.first_byte()).min(deadline);
         let response = match timeout_at(first_byte.into(), self.inner.client.send(request)).await {
@@ -401,7 +527,9 @@ impl Relay {
             let bytes = read_capped(body, ERROR_BODY_LIMIT, limit)
                 .await
                 .unwrap_or_default();
-            return Err(adapter.classify_error(parts.status, &parts.headers, &bytes));
+            return Err(adapter
+                .classify_error(parts.status, &parts.headers, &bytes)
+                .with_upstream_body(bytes));
         }
         channel.health.on_success(sent.elapsed());
 

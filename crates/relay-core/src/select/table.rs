@@ -8,6 +8,7 @@ use crate::adapter::{Adapter, AdapterRegistry};
 use crate::config::{
     ChannelConfig, ConfigError, PresetItem, RelayConfig, RetryPolicy, Secret, Strategy, Timeouts,
 };
+use crate::hooks::{ItemHooks, PluginFactory};
 
 /// A channel ready to serve: its config, adapter, credentials and health.
 pub struct Channel {
@@ -102,6 +103,8 @@ pub struct Route {
     /// Weighted: running weight sums inside each tier (for a binary search).
     cumulative: Vec<u64>,
     cursor: AtomicUsize,
+    /// The item's plugin chain; `None` when it has no enabled plugin.
+    pub hooks: Option<Arc<dyn ItemHooks>>,
 }
 
 impl Route {
@@ -140,6 +143,7 @@ impl Route {
             tiers,
             cumulative,
             cursor: AtomicUsize::new(0),
+            hooks: None,
         }
     }
 
@@ -255,6 +259,18 @@ impl RoutingTable {
         adapters: &AdapterRegistry,
         previous: Option<&RoutingTable>,
     ) -> Result<RoutingTable, ConfigError> {
+        Self::build_with_plugins(config, adapters, previous, None)
+    }
+
+    /// [`build`](Self::build), and give each preset item the plugin chain `plugins`
+    /// makes of its `plugins` list. Without a factory, plugin lists are ignored (the
+    /// gateway's kill switch).
+    pub fn build_with_plugins(
+        config: &RelayConfig,
+        adapters: &AdapterRegistry,
+        previous: Option<&RoutingTable>,
+        plugins: Option<&dyn PluginFactory>,
+    ) -> Result<RoutingTable, ConfigError> {
         config.validate(adapters)?;
         let board = previous.map_or_else(Default::default, |p| p.board.clone());
         let mut channels = HashMap::new();
@@ -322,8 +338,20 @@ impl RoutingTable {
 
         let mut presets = HashMap::new();
         let mut preset_names = Vec::new();
+        let mut problems = Vec::new();
         for p in &config.presets {
-            let items = p.items.iter().map(|i| item_route(i, &p.name)).collect();
+            let mut items: Vec<Route> = p.items.iter().map(|i| item_route(i, &p.name)).collect();
+            if let Some(factory) = plugins {
+                for (n, (item, route)) in p.items.iter().zip(items.iter_mut()).enumerate() {
+                    if item.plugins.iter().all(|r| !r.enabled) {
+                        continue;
+                    }
+                    match factory.chain(&p.name, n, &item.plugins) {
+                        Ok(hooks) => route.hooks = hooks,
+                        Err(e) => problems.push(format!("preset {:?}, item {n}: {e}", p.name)),
+                    }
+                }
+            }
             preset_names.push(p.name.clone());
             presets.insert(
                 p.name.clone(),
@@ -335,6 +363,9 @@ impl RoutingTable {
             );
         }
 
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
         let mut models = BTreeSet::new();
         for c in ordered.iter().filter(|c| c.config.enabled) {
             models.extend(c.config.models.iter().cloned());

@@ -1,0 +1,7 @@
+//! `hostile`: a plugin that misbehaves on purpose (tests only), failing closed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+const NAME: &str = "hostile";
+const FAILURE: relay_plugin_sdk::FailureMode = relay_plugin_sdk::FailureMode::FailClosed;
+
+include!("behaviour.rs");
