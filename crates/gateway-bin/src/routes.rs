@@ -198,10 +198,12 @@ async fn relay(
         // Allowed models, RPM/TPM, then the quota reservation (settled with the usage).
         tenancy.admit(&caller, &inbound, request_id).await?;
     }
+    let group = caller.policy.as_ref().and_then(|p| p.record.group.clone());
     let request = RelayRequest {
         inbound,
         request_id: request_id.to_owned(),
         key_id: Some(caller.key_name),
+        group,
         received_at: received,
     };
     gw.relay().handle(request).await

@@ -290,6 +290,44 @@ async fn key_auth_expiry_and_revocation() {
 }
 
 #[tokio::test]
+async fn a_keys_group_limits_it_to_the_channels_of_that_group() {
+    for db in databases("key_group").await {
+        let vip = mock(Behavior::default()).await;
+        let public = mock(Behavior::default()).await;
+        let channels = format!(
+            "{}groups = [\"vip\"]\n\n{}",
+            channel("vip", &vip.base_url(), &["m"]),
+            channel("public", &public.base_url(), &["m", "only-public"])
+        );
+        let gw = gateway(&db, &config_text(&channels)).await;
+        let key = gw
+            .create_key(json!({"name": "grouped", "group": "vip"}))
+            .await;
+        for _ in 0..8 {
+            let r = gw.chat(&key, chat_body("m", false, 5)).await;
+            assert_eq!(r.status, 200, "{}: {}", db.name, r.text());
+        }
+        assert_eq!(vip.requests().len(), 8, "{}", db.name);
+        assert_eq!(public.requests().len(), 0, "{}", db.name);
+        // A model only channels outside the group serve: 404 in the client's dialect.
+        let r = gw.chat(&key, chat_body("only-public", false, 5)).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (404, Some("model_not_found")),
+            "{}",
+            db.name
+        );
+        assert!(r.text().contains("`vip`"), "{}", r.text());
+        // A key without a group is not limited.
+        let r = gw
+            .chat(STATIC_KEY, chat_body("only-public", false, 5))
+            .await;
+        assert_eq!(r.status, 200, "{}", db.name);
+        gw.running.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn rate_limit_is_a_429_with_retry_after_in_the_clients_dialect() {
     let db = databases("rate_limit").await.remove(0);
     let up = mock(Behavior::default()).await;

@@ -48,6 +48,9 @@ pub struct RelayRequest {
     pub request_id: String,
     /// The caller's key id, if known.
     pub key_id: Option<String>,
+    /// The caller's channel group, if it has one: only channels listing it in `groups`
+    /// serve the request (a key's group in the gateway).
+    pub group: Option<String>,
     /// When the request arrived (latency and deadlines count from here).
     pub received_at: Instant,
 }
@@ -59,6 +62,7 @@ impl RelayRequest {
             inbound,
             request_id: request_id.into(),
             key_id: None,
+            group: None,
             received_at: Instant::now(),
         }
     }
@@ -224,8 +228,15 @@ impl Relay {
         let result = match table.resolve(&inbound.model) {
             None => Err(RelayError::model_not_found(&inbound.model)),
             Some(preset) => {
-                self.run(&table, preset, inbound, &req.request_id, &mut settlement)
-                    .await
+                self.run(
+                    &table,
+                    preset,
+                    inbound,
+                    &req.request_id,
+                    req.group.as_deref(),
+                    &mut settlement,
+                )
+                .await
             }
         };
         match result {
@@ -304,12 +315,16 @@ impl Relay {
         preset: &Preset,
         inbound: &InboundRequest,
         request_id: &str,
+        group: Option<&str>,
         settlement: &mut Settlement,
     ) -> Result<Success, RelayError> {
         let started = settlement.started();
-        // Channels that must not be used again in this request, and ones that failed in
-        // a way a later retry may fix.
-        let mut dead = ChannelSet::default();
+        // Channels that must not be used again in this request (from the start: those
+        // outside the caller's group), and ones that failed in a way a later retry may fix.
+        let mut dead = match group {
+            None => ChannelSet::default(),
+            Some(group) => outside_group(preset, group, &inbound.model)?,
+        };
         let mut tried = ChannelSet::default();
         let mut last_err: Option<RelayError> = None;
         let mut attempts = 0u32;
@@ -665,6 +680,34 @@ impl Relay {
 }
 
 /// Add the channels of `tried` that belong to this route.
+/// The preset's channels that do not list `group`; a clear 404 in the client's dialect when
+/// no channel of the group is left (the model does not exist for this caller).
+fn outside_group(preset: &Preset, group: &str, model: &str) -> Result<ChannelSet, RelayError> {
+    let mut outside = ChannelSet::default();
+    let mut any_inside = false;
+    for route in &preset.items {
+        for c in route.channels() {
+            if c.config.groups.iter().any(|g| g == group) {
+                any_inside = true;
+            } else {
+                outside.insert(c);
+            }
+        }
+    }
+    if any_inside {
+        Ok(outside)
+    } else {
+        Err(RelayError::new(
+            ErrorKind::ModelNotFound,
+            Side::Client,
+            format!(
+                "The model `{model}` does not exist or you do not have access to it (no channel of your group `{group}` serves it)."
+            ),
+        )
+        .with_code("model_not_found"))
+    }
+}
+
 fn merge(skip: &mut ChannelSet, tried: &ChannelSet, route: &Route) {
     for c in route.channels() {
         if tried.contains(c) {
