@@ -3,45 +3,10 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use relay_core::config::{PresetConfig, PresetItem};
-use relay_core::select::{ChannelSet, RoutingTable};
-use relay_core::{ChannelConfig, RelayConfig, Strategy};
-
-fn table(n: usize) -> RoutingTable {
-    let channels: Vec<ChannelConfig> = (0..n)
-        .map(|i| {
-            let mut c = ChannelConfig::new(format!("c{i}"), "openai");
-            c.api_keys = vec![relay_core::Secret::new("sk")];
-            c.models = vec!["m".into()];
-            c.weight = 1 + (i as u32 % 7);
-            c.priority = (i % 3) as i32;
-            c
-        })
-        .collect();
-    let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
-    let preset = |name: &str, strategy| PresetConfig {
-        name: name.into(),
-        description: None,
-        items: vec![PresetItem {
-            channels: ids.clone(),
-            strategy,
-            model: Some("m".into()),
-            ..PresetItem::default()
-        }],
-    };
-    let config = RelayConfig {
-        channels,
-        presets: vec![
-            preset("weighted", Strategy::Weighted),
-            preset("rr", Strategy::RoundRobin),
-        ],
-        ..RelayConfig::default()
-    };
-    RoutingTable::build(&config, &relay_adapters::default_registry(), None).unwrap()
-}
+use relay_core::select::ChannelSet;
 
 fn select(c: &mut Criterion) {
-    let t = table(100);
+    let t = relay_benches::fixtures::selection_table(100).unwrap();
     let none = ChannelSet::default();
     let mut group = c.benchmark_group("select_100_channels");
     for name in ["weighted", "rr"] {

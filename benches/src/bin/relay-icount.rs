@@ -11,12 +11,10 @@ use std::process::ExitCode;
 use bytes::{Bytes, BytesMut};
 use relay_adapters::openai::{OpenAiDialect, PassthroughStream};
 use relay_core::codec::EncoderOptions;
-use relay_core::config::{PresetConfig, PresetItem};
-use relay_core::select::{ChannelSet, RoutingTable};
+use relay_core::select::ChannelSet;
 use relay_core::sse::{SseEvent, SseParser, encode_event};
 use relay_core::{
-    ChannelConfig, ClientDialect, DialectId, Operation, RelayConfig, Strategy, StreamTranslator,
-    UpstreamCall,
+    ChannelConfig, ClientDialect, DialectId, Operation, StreamTranslator, UpstreamCall,
 };
 
 const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about relays and streams, with a title."}],"temperature":0.7,"stream":true,"seed":42,"user":"bench"}"#;
@@ -120,7 +118,7 @@ fn run(name: &str, iters: u64) -> Result<(), String> {
             }
         }
         "select_weighted_100" | "select_rr_100" | "select_weighted_100_3_failed" => {
-            let t = table(100)?;
+            let t = relay_benches::fixtures::selection_table(100).map_err(|e| e.to_string())?;
             let preset = if name == "select_rr_100" {
                 "rr"
             } else {
@@ -257,38 +255,4 @@ fn build_loop(
         black_box(adapter.build_request(&call).map_err(|e| e.to_string())?);
     }
     Ok(())
-}
-
-fn table(n: usize) -> Result<RoutingTable, String> {
-    let channels: Vec<ChannelConfig> = (0..n)
-        .map(|i| {
-            let mut c = ChannelConfig::new(format!("c{i}"), "openai");
-            c.api_keys = vec![relay_core::Secret::new("sk")];
-            c.models = vec!["m".into()];
-            c.weight = 1 + (i as u32 % 7);
-            c.priority = (i % 3) as i32;
-            c
-        })
-        .collect();
-    let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
-    let preset = |name: &str, strategy| PresetConfig {
-        name: name.into(),
-        description: None,
-        items: vec![PresetItem {
-            channels: ids.clone(),
-            strategy,
-            model: Some("m".into()),
-            ..PresetItem::default()
-        }],
-    };
-    let config = RelayConfig {
-        channels,
-        presets: vec![
-            preset("weighted", Strategy::Weighted),
-            preset("rr", Strategy::RoundRobin),
-        ],
-        ..RelayConfig::default()
-    };
-    RoutingTable::build(&config, &relay_adapters::default_registry(), None)
-        .map_err(|e| e.to_string())
 }
