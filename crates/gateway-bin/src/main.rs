@@ -297,18 +297,8 @@ fn check(path: &Path) -> ExitCode {
     if let Err(p) = relay_gateway::auth::KeyStore::from_config(&config.keys) {
         problems.extend(p);
     }
-    let mut relay = config.relay_config();
-    for ch in relay
-        .channels
-        .iter_mut()
-        .filter(|c| c.provider == "mock" && c.base_url.is_none())
-    {
-        // The built-in mock gets its URL at start.
-        ch.base_url = Some("http://127.0.0.1:1/v1".into());
-        ch.allow_private_network = true;
-    }
-    if let Err(e) = relay.validate(&relay_adapters::default_registry()) {
-        problems.extend(e.problems);
+    if let Err(p) = relay_gateway::admin::ops::validate_relay(config.relay_config()) {
+        problems.extend(p);
     }
     if problems.is_empty() {
         println!(

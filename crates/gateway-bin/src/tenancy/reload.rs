@@ -42,19 +42,7 @@ impl Tenancy {
         channels: Vec<ChannelConfig>,
         presets: Vec<PresetConfig>,
     ) -> Result<(), Vec<String>> {
-        let mut relay = self.relay_config(channels, presets);
-        for ch in relay
-            .channels
-            .iter_mut()
-            .filter(|c| c.provider == "mock" && c.base_url.is_none())
-        {
-            // The built-in mock gets its URL when applied.
-            ch.base_url = Some("http://127.0.0.1:1/v1".into());
-            ch.allow_private_network = true;
-        }
-        relay
-            .validate(&relay_adapters::default_registry())
-            .map_err(|e| e.problems)
+        crate::admin::ops::validate_relay(self.relay_config(channels, presets))
     }
 
     /// The relay config as stored now.
