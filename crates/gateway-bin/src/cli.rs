@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use relay_core::ChannelConfig;
 use relay_store::model::UsageGroup;
-use relay_store::{Store, now_ms};
+use relay_store::{SharedStore, now_ms};
 use serde_json::json;
 
 use crate::admin::ops::{self, KeySpec};
@@ -225,7 +225,7 @@ pub fn run(cmd: StoreCommand) -> ExitCode {
     }
 }
 
-async fn open(db: &DbArgs) -> Result<Store, String> {
+async fn open(db: &DbArgs) -> Result<SharedStore, String> {
     let config = match (&db.database_url, &db.config) {
         (None, None) => {
             return Err("name the database: --database-url (or DATABASE_URL), or --config FILE for its embedded SQLite file".into());

@@ -189,7 +189,7 @@ async fn postgres_outage_under_load_loses_and_duplicates_nothing() {
     let (tokens,): (i64,) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) FROM usage WHERE key_id = 'metered'",
     )
-    .fetch_one(gw.store().pool())
+    .fetch_one(&gw.sql().await)
     .await
     .unwrap();
     assert_eq!(k.quota_used, tokens);

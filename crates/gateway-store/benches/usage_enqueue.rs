@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use relay_core::UsageRecord;
 use relay_store::writer::PriceTable;
-use relay_store::{Store, UsageWriter, WriterConfig};
+use relay_store::{UsageWriter, WriterConfig};
 
 fn record(i: u64) -> UsageRecord {
     let mut r = UsageRecord::new(
@@ -36,7 +36,7 @@ fn enqueue(c: &mut Criterion) {
     };
     let dir = std::env::temp_dir().join(format!("relay-bench-enqueue-{}", std::process::id()));
     let writer = rt.block_on(async {
-        let store = Store::connect(dir.join("bench.db").to_str().unwrap_or("bench.db"), 2)
+        let store = relay_store::connect(dir.join("bench.db").to_str().unwrap_or("bench.db"), 2)
             .await
             .ok()?;
         store.migrate().await.ok()?;

@@ -3,7 +3,8 @@
 //! Persistence for the Relay gateway, kept out of `relay-core` (which never sees a
 //! database):
 //!
-//! - [`store`]: the [`Store`] over Postgres or SQLite (sqlx, runtime queries,
+//! - [`store`]: the [`Store`] trait and its two implementations, [`PostgresStore`] and
+//!   [`SqliteStore`] (native sqlx drivers, runtime queries,
 //!   per-backend migrations applied under a lock), with channels, presets, API keys,
 //!   usage, the quota ledger, pricing, plugins and the audit log;
 //! - [`writer`]: the [`UsageWriter`], a `UsageSink` that batches rows into the store,
@@ -22,7 +23,9 @@ pub mod writer;
 
 pub use crypto::MasterKey;
 pub use model::{KeyRecord, Owner, Price, Quota, QuotaHold, QuotaKind, UsageGroup, UsageRow};
-pub use store::{Backend, Reservation, Seed, Store};
+pub use store::{
+    Backend, PostgresStore, Reservation, Seed, SharedStore, SqliteStore, Store, backend_of, connect,
+};
 pub use writer::{UsageWriter, WriterConfig, WriterMetrics};
 
 /// Something the store could not do.

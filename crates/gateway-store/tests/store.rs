@@ -8,14 +8,16 @@ use relay_store::model::UsageGroup;
 use relay_store::testing::{fresh_postgres, fresh_sqlite, postgres_base_url, skip_postgres};
 use relay_store::writer::PriceTable;
 use relay_store::{
-    KeyRecord, MasterKey, Owner, Price, Quota, QuotaHold, QuotaKind, Reservation, Seed, Store,
-    UsageWriter, WriterConfig,
+    KeyRecord, MasterKey, Owner, Price, Quota, QuotaHold, QuotaKind, Reservation, Seed,
+    SharedStore, UsageWriter, WriterConfig,
 };
 
-async fn stores(test: &str) -> Vec<Store> {
+async fn stores(test: &str) -> Vec<SharedStore> {
     let mut out = Vec::new();
     let path = fresh_sqlite(test);
-    let s = Store::connect(path.to_str().unwrap(), 8).await.unwrap();
+    let s = relay_store::connect(path.to_str().unwrap(), 8)
+        .await
+        .unwrap();
     s.migrate().await.unwrap();
     out.push(s.with_master_key(MasterKey::from_bytes(&[1; 32])));
     match postgres_base_url() {
@@ -23,7 +25,7 @@ async fn stores(test: &str) -> Vec<Store> {
             let url = fresh_postgres(&base, &format!("relay_store_{test}"))
                 .await
                 .unwrap();
-            let s = Store::connect(&url, 16).await.unwrap();
+            let s = relay_store::connect(&url, 16).await.unwrap();
             s.migrate().await.unwrap();
             out.push(s.with_master_key(MasterKey::from_bytes(&[1; 32])));
         }
@@ -152,6 +154,14 @@ async fn usage_is_idempotent_and_settles_quota_once() {
         writer.enqueue(record("w-2", "k"), None);
         writer.flush().await;
         assert_eq!(store.usage_request_ids().await.unwrap().len(), 301);
+        // Rows the database reports as new: the 300 distinct ids, not the repeats.
+        assert_eq!(
+            writer
+                .metrics()
+                .written
+                .load(std::sync::atomic::Ordering::Relaxed),
+            300
+        );
         assert_eq!(
             writer
                 .metrics()
@@ -176,7 +186,10 @@ async fn seeding_respects_admin_rows_and_credentials_are_sealed() {
         store.seed(&seed).await.unwrap();
         // The secret is not stored in clear.
         let raw: Vec<(String,)> = sqlx::query_as("SELECT config FROM channels")
-            .fetch_all(store.pool())
+            .fetch_all(&{
+                sqlx::any::install_default_drivers();
+                sqlx::AnyPool::connect(store.url()).await.unwrap()
+            })
             .await
             .unwrap();
         assert!(raw.iter().all(|(c,)| !c.contains("sk-very-secret")));
@@ -213,7 +226,7 @@ async fn concurrent_migrations_are_safe() {
         for _ in 0..4 {
             let url = url.clone();
             tasks.push(tokio::spawn(async move {
-                let s = Store::connect(&url, 2).await.unwrap();
+                let s = relay_store::connect(&url, 2).await.unwrap();
                 s.migrate().await
             }));
         }

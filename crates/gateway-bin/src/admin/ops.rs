@@ -10,7 +10,7 @@ use relay_core::{
     ChannelConfig, ClientDialect, Operation, PresetConfig, PresetItem, Relay, RelayConfig,
     RelayRequest, RouteParams,
 };
-use relay_store::{KeyRecord, Owner, Quota, QuotaKind, Store};
+use relay_store::{KeyRecord, Owner, Quota, QuotaKind, SharedStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -118,7 +118,7 @@ pub struct CreatedKey {
 
 /// Create a key from a spec.
 pub async fn create_key(
-    store: &Store,
+    store: &SharedStore,
     spec: &KeySpec,
     actor: &str,
 ) -> Result<CreatedKey, AdminError> {
@@ -141,7 +141,7 @@ pub async fn create_key(
 
 /// Update a key's policy from a spec.
 pub async fn update_key(
-    store: &Store,
+    store: &SharedStore,
     id: &str,
     spec: &KeySpec,
     actor: &str,
@@ -174,7 +174,7 @@ pub fn validate_relay(mut relay: RelayConfig) -> Result<(), Vec<String>> {
 /// The stored config with one channel replaced (or added, or removed when `None`),
 /// validated.
 pub async fn check_channel_change(
-    store: &Store,
+    store: &SharedStore,
     id: &str,
     change: Option<&ChannelConfig>,
     defaults: Defaults,
@@ -207,7 +207,7 @@ pub async fn check_channel_change(
 
 /// The stored config with one preset replaced, added or removed, validated.
 pub async fn check_preset_change(
-    store: &Store,
+    store: &SharedStore,
     name: &str,
     change: Option<&PresetConfig>,
     defaults: Defaults,

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use relay_core::{ErrorKind, InboundRequest, RelayError, Side, UsageRecord, UsageSink};
 use relay_store::writer::PriceTable;
-use relay_store::{QuotaHold, QuotaKind, Reservation, Store, UsageWriter};
+use relay_store::{QuotaHold, QuotaKind, Reservation, SharedStore, UsageWriter};
 
 use crate::auth::Caller;
 use crate::config::GatewayConfig;
@@ -51,7 +51,7 @@ struct Hold {
 
 /// Keys, limits, quotas and the store of a gateway.
 pub struct Tenancy {
-    store: Store,
+    store: SharedStore,
     writer: Arc<UsageWriter>,
     keys: ArcSwap<KeyCache>,
     prices: PriceTable,
@@ -76,7 +76,7 @@ fn unauthorized(message: &str, code: &'static str) -> RelayError {
 
 impl Tenancy {
     /// The store.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &SharedStore {
         &self.store
     }
 

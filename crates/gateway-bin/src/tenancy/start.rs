@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use relay_store::writer::PriceTable;
-use relay_store::{Backend, MasterKey, Store, UsageWriter, WriterConfig};
+use relay_store::{Backend, MasterKey, SharedStore, UsageWriter, WriterConfig};
 
 use super::Tenancy;
 use crate::config::GatewayConfig;
@@ -66,9 +66,9 @@ impl StoreOptions {
 
 /// Connect and migrate; the master key from `RELAY_MASTER_KEY` / `RELAY_MASTER_KEY_FILE`
 /// or, for the embedded SQLite default, `relay-data/master.key` (created when missing).
-pub async fn open_store(opts: &StoreOptions) -> Result<Store, String> {
+pub async fn open_store(opts: &StoreOptions) -> Result<SharedStore, String> {
     let url = opts.url();
-    let store = Store::connect(&url, opts.max_connections)
+    let store = relay_store::connect(&url, opts.max_connections)
         .await
         .map_err(|e| format!("cannot open the store ({}): {e}", redact(&url)))?;
     store.migrate().await.map_err(|e| e.to_string())?;

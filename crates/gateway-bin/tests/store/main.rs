@@ -140,7 +140,7 @@ async fn usage_exactly_once_across_retries_and_failover() {
         }
         // The first requests took several attempts, and were billed once.
         let (attempts,): (i64,) = sqlx::query_as("SELECT MAX(attempts) FROM usage")
-            .fetch_one(gw.store().pool())
+            .fetch_one(&gw.sql().await)
             .await
             .unwrap();
         assert!(attempts >= 3, "{}: max attempts {attempts}", db.name);
@@ -185,7 +185,7 @@ async fn usage_once_for_a_client_that_disconnects_mid_stream() {
         let (outcome,): (String,) =
             sqlx::query_as("SELECT outcome FROM usage WHERE request_id = $1")
                 .bind(&id)
-                .fetch_one(gw.store().pool())
+                .fetch_one(&gw.sql().await)
                 .await
                 .unwrap();
         assert_eq!(outcome, "cancelled", "{}", db.name);
@@ -268,7 +268,7 @@ async fn key_auth_expiry_and_revocation() {
         // The stored key is a prefix and a digest, never the key.
         let (prefix, sha): (String, String) =
             sqlx::query_as("SELECT prefix, key_sha256 FROM api_keys WHERE id = 'dev'")
-                .fetch_one(gw.store().pool())
+                .fetch_one(&gw.sql().await)
                 .await
                 .unwrap();
         assert_eq!(prefix, &key[..11]);

@@ -197,7 +197,17 @@ impl Gw {
         self.started.tenancy.writer().flush().await;
     }
 
-    pub fn store(&self) -> &relay_store::Store {
+    pub fn store(&self) -> &relay_store::SharedStore {
         self.started.tenancy.store()
+    }
+
+    /// A separate connection to the same database, for assertions in raw SQL.
+    pub async fn sql(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(self.store().url())
+            .await
+            .unwrap()
     }
 }

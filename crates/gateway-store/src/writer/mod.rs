@@ -21,7 +21,7 @@ use relay_core::{Outcome, UsageRecord, UsageSink};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Price, QuotaHold, UsageRow};
-use crate::store::Store;
+use crate::store::SharedStore;
 use spill::Spill;
 
 /// Writer settings.
@@ -106,7 +106,7 @@ impl std::fmt::Debug for UsageWriter {
 
 impl UsageWriter {
     /// Start the writer task (on the current Tokio runtime) and its overflow thread.
-    pub fn start(store: Store, prices: PriceTable, config: WriterConfig) -> Arc<UsageWriter> {
+    pub fn start(store: SharedStore, prices: PriceTable, config: WriterConfig) -> Arc<UsageWriter> {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let metrics = Arc::new(WriterMetrics::default());
         metrics.healthy.store(true, Ordering::Relaxed);
@@ -311,7 +311,7 @@ fn overflow_thread(
 }
 
 struct WriterTask {
-    store: Store,
+    store: SharedStore,
     rx: mpsc::Receiver<Msg>,
     spill: Arc<Spill>,
     spill_waiting: Arc<AtomicBool>,

@@ -1,0 +1,214 @@
+//! [`SqliteStore`]: the embedded default on sqlx's native SQLite driver, a file in WAL
+//! mode. Write transactions are `BEGIN IMMEDIATE`; there is no change announcement
+//! (other processes poll `config_version`); usage batches go in as multi-row inserts
+//! of a few fixed sizes, so every statement is prepared once and cached.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite};
+
+use super::portable::portable_store;
+use super::{Backend, Reservation, Seed, SeedReport};
+use crate::crypto::MasterKey;
+use crate::model::{
+    AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel, StoredPreset,
+    UsageGroup, UsageLine, UsageReport, UsageRow,
+};
+use crate::{StoreError, now_ms};
+
+/// The store on a SQLite file. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    url: String,
+    master: Option<MasterKey>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+const USAGE_COLUMNS: usize = 23;
+/// Statement sizes (rows) a batch is cut into, largest first: at most 4 distinct
+/// statements, each prepared once; 23 parameters a row stays well under SQLite's limit.
+const USAGE_CHUNKS: [usize; 4] = [256, 32, 8, 1];
+
+/// The multi-row insert of `rows` rows (one of [`USAGE_CHUNKS`]).
+fn insert_usage_sql(rows: usize, returning: bool) -> &'static str {
+    static SQL: OnceLock<Vec<(usize, String, String)>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        USAGE_CHUNKS
+            .iter()
+            .map(|&n| {
+                let mut sql = String::with_capacity(400 + n * USAGE_COLUMNS * 5);
+                sql.push_str("INSERT INTO usage (request_id, key_id, requested_model, item, channel, upstream_model, client_dialect, upstream_dialect, operation, stream, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_micros, estimated, outcome, status, error_kind, attempts, latency_ms, ttft_ms, started_at) VALUES ");
+                for i in 0..n {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('(');
+                    for c in 0..USAGE_COLUMNS {
+                        if c > 0 {
+                            sql.push(',');
+                        }
+                        sql.push('$');
+                        sql.push_str(&(i * USAGE_COLUMNS + c + 1).to_string());
+                    }
+                    sql.push(')');
+                }
+                sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+                let returning = format!("{sql} RETURNING request_id");
+                (n, sql, returning)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(n, _, _)| *n == rows)
+        .map(|(_, plain, ret)| {
+            if returning {
+                ret.as_str()
+            } else {
+                plain.as_str()
+            }
+        })
+        .unwrap_or("")
+}
+
+impl SqliteStore {
+    const BACKEND: Backend = Backend::Sqlite;
+
+    /// Open (`sqlite://PATH`, `sqlite:PATH` or a bare path; created when missing, with
+    /// its directory). Does not migrate.
+    pub async fn open(url: &str, max_connections: u32) -> Result<SqliteStore, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(StoreError::Io)?;
+        }
+        let url = format!("sqlite://{path}?mode=rwc");
+        let options = SqliteConnectOptions::from_str(&url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            url,
+            master: None,
+        })
+    }
+
+    fn migrator() -> Migrator {
+        Migrator {
+            migrations: Cow::Owned(vec![Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/sqlite/0001_init.sql")),
+                false,
+            )]),
+            // The file lock serializes processes that start together.
+            locking: true,
+            ..Migrator::DEFAULT
+        }
+    }
+
+    /// `BEGIN IMMEDIATE`: take the write lock up front and wait for it (busy timeout)
+    /// instead of failing when a read inside the transaction would have to be upgraded
+    /// while another connection writes.
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Nothing to send: other processes poll `config_version`.
+    async fn announce(_tx: &mut Tx, _target: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Insert a batch (duplicates of stored request ids skipped); how many were new
+    /// and, when `want_ids`, which.
+    async fn insert_usage_rows(
+        tx: &mut Tx,
+        rows: &[UsageRow],
+        want_ids: bool,
+    ) -> Result<(u64, HashSet<String>), StoreError> {
+        let mut new = 0;
+        let mut ids = HashSet::new();
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = USAGE_CHUNKS
+                .iter()
+                .copied()
+                .find(|&n| n <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut q = sqlx::query::<Sqlite>(insert_usage_sql(n, want_ids));
+            for r in chunk {
+                q = q
+                    .bind(&r.request_id)
+                    .bind(r.key_id.as_deref())
+                    .bind(&r.requested_model)
+                    .bind(r.item)
+                    .bind(r.channel.as_deref())
+                    .bind(r.upstream_model.as_deref())
+                    .bind(&r.client_dialect)
+                    .bind(r.upstream_dialect.as_deref())
+                    .bind(&r.operation)
+                    .bind(i64::from(r.stream))
+                    .bind(r.input_tokens)
+                    .bind(r.output_tokens)
+                    .bind(r.cached_tokens)
+                    .bind(r.reasoning_tokens)
+                    .bind(r.cost_micros)
+                    .bind(i64::from(r.estimated))
+                    .bind(&r.outcome)
+                    .bind(r.status)
+                    .bind(r.error_kind.as_deref())
+                    .bind(r.attempts)
+                    .bind(r.latency_ms)
+                    .bind(r.ttft_ms)
+                    .bind(r.started_at);
+            }
+            if want_ids {
+                for row in q.fetch_all(&mut **tx).await? {
+                    ids.insert(row.try_get::<String, _>(0)?);
+                }
+            } else {
+                new += q.execute(&mut **tx).await?.rows_affected();
+            }
+        }
+        if want_ids {
+            new = ids.len() as u64;
+        }
+        Ok((new, ids))
+    }
+}
+
+portable_store!(SqliteStore, sqlx::Sqlite, SqliteRow);
