@@ -8,6 +8,10 @@
 #   benches/run.sh --peers              also LiteLLM proxy 1.93.0 (PyPI) and Portkey 1.15.2 (npm)
 #   benches/run.sh --smoke --debug      the CI smoke run: debug binaries (no release build)
 #
+# The plugins scenario needs plugins/dist (built here by scripts/build-plugins when
+# missing); the usage-logging scenario starts a throwaway PostgreSQL (scripts/pg-throwaway,
+# pinned to the mock's CPU) for its relay+postgres target.
+#
 # Every other flag goes to relay-bench (see `target/release/relay-bench --help`):
 # --rounds N, --max-load F, --allow-busy, --no-pin, --port-base P.
 # Results: benches/results/STAMP.json and STAMP.md (gitignored).
@@ -24,15 +28,26 @@ smoke=0
 peers=0
 profile=release
 args=()
+scenarios=()
+nopin=0
+prev=""
 for a in "$@"; do
     case "$a" in
         --smoke) smoke=1; args+=("$a") ;;
         --peers) peers=1; args+=("$a") ;;
         --debug) profile=debug ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --no-pin) nopin=1; args+=("$a") ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
+    [ "$prev" = --scenario ] && scenarios+=("$a")
+    prev=$a
 done
+wants() { # scenario -> whether this run includes it
+    [ ${#scenarios[@]} -eq 0 ] && return 0
+    local s; for s in "${scenarios[@]}"; do [ "$s" = "$1" ] && return 0; done
+    return 1
+}
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -84,7 +99,27 @@ if [ "$peers" = 1 ]; then
     fi
 fi
 
+if wants plugins && [ ! -f "$root/plugins/dist/noop.wasm" ]; then
+    say "building the example plugins (scripts/build-plugins) for the plugins scenario"
+    bash "$root/scripts/build-plugins" >&2
+fi
+if wants usage-logging; then
+    unset DATABASE_URL
+    # shellcheck source=../scripts/pg-throwaway
+    . "$root/scripts/pg-throwaway"
+    if [ -n "${DATABASE_URL:-}" ]; then
+        args+=(--pg-url "$DATABASE_URL")
+        # The database plays a separate host: keep it off the gateway's CPU 0.
+        if [ "$nopin" = 0 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+            pm=$(head -n1 "$RELAY_TEST_PG_DATA/postmaster.pid")
+            for p in "$pm" $(pgrep -P "$pm"); do taskset -acp 1 "$p" >/dev/null 2>&1 || true; done
+        fi
+    fi
+fi
+
 [ "$smoke" = 1 ] && say "smoke run: a few seconds per scenario; the numbers are not for publication"
 # More descriptors for thousands of connections.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec "$root/target/$profile/relay-bench" --root "$root" "${args[@]}"
+status=0
+"$root/target/$profile/relay-bench" --root "$root" "${args[@]}" || status=$?
+exit "$status"

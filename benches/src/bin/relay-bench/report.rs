@@ -138,6 +138,8 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
         };
         let direct = peer("direct").cloned();
         let nginx = peer("nginx").cloned();
+        // The plugin and usage-logging variants are compared with the bare gateway.
+        let relay = peer("relay").cloned();
         v["throughput_vs_direct"] = ratio(
             &v["throughput_rps"],
             direct.as_ref().map(|d| &d["throughput_rps"]),
@@ -157,6 +159,16 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
         v["latency_p99_vs_direct"] = ratio(
             &v["latency_p99"],
             direct.as_ref().map(|d| &d["latency_p99"]),
+        );
+        v["throughput_vs_relay"] = ratio(
+            &v["throughput_rps"],
+            relay.as_ref().map(|d| &d["throughput_rps"]),
+        );
+        v["latency_p99_vs_relay"] =
+            ratio(&v["latency_p99"], relay.as_ref().map(|d| &d["latency_p99"]));
+        v["cpu_vs_relay"] = ratio(
+            &v["cpu_us_per_req"],
+            relay.as_ref().map(|d| &d["cpu_us_per_req"]),
         );
     }
     out
@@ -420,6 +432,31 @@ pub(crate) fn budgets(aggs: &[Value], idle: &[Value]) -> Vec<Value> {
         }
         None => line("<= 32 KiB per open stream", "not run".into(), None),
     }
+    // Issue 5's budget: usage logging on costs at most 5% throughput and p99.
+    for (target, label) in [("relay+sqlite", "SQLite"), ("relay+postgres", "Postgres")] {
+        let rows = find(aggs, "usage-logging", target);
+        if rows.is_empty() {
+            continue;
+        }
+        let mut parts = Vec::new();
+        let mut oks = Vec::new();
+        for r in &rows {
+            let thr = r["throughput_vs_relay"].as_f64();
+            let p99 = r["latency_p99_vs_relay"].as_f64();
+            parts.push(format!(
+                "{}: throughput {}x, p99 {}x",
+                r["load"].as_str().unwrap_or(""),
+                f(thr, 3),
+                f(p99, 3)
+            ));
+            oks.push(thr.zip(p99).map(|(t, p)| t >= 0.95 && p <= 1.05));
+        }
+        line(
+            &format!("Usage logging into {label} within 5% of off (throughput, p99)"),
+            parts.join("; "),
+            all(&oks),
+        );
+    }
     out
 }
 
@@ -598,6 +635,19 @@ fn columns(scenario: &str) -> Vec<Column> {
             ("TTFT p99 µs", |v| num(&v["ttft_p99"], 0)),
             ("RSS peak MiB", |v| mib(&v["rss_peak_kib"])),
             cpu1,
+        ],
+        "plugins" | "usage-logging" => vec![
+            load,
+            target,
+            rps,
+            ("rps ÷ relay", |v| num(&v["throughput_vs_relay"], 3)),
+            p50,
+            p99,
+            ("p99 ÷ relay", |v| num(&v["latency_p99_vs_relay"], 3)),
+            ("added p99 µs", |v| num(&v["added"]["latency_p99"], 1)),
+            cpu,
+            ("CPU ÷ relay", |v| num(&v["cpu_vs_relay"], 2)),
+            errors,
         ],
         _ => vec![
             load,

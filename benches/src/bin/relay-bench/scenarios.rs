@@ -1,8 +1,10 @@
 //! The scenarios: for each, the mock settings (cases) and the loads run
 //! against every target in interleaved rounds.
 
+use crate::targets::Kind;
+
 /// Every scenario name, in run order.
-pub(crate) const ALL: [&str; 7] = [
+pub(crate) const ALL: [&str; 9] = [
     "overhead",
     "frontier",
     "openloop",
@@ -10,6 +12,8 @@ pub(crate) const ALL: [&str; 7] = [
     "streaming",
     "streams",
     "memory",
+    "plugins",
+    "usage-logging",
 ];
 
 /// One load: the `relay-load` arguments that vary.
@@ -50,6 +54,8 @@ pub(crate) struct Case {
     /// Pin the processes (gateway and nginx on CPU 0, mock and load
     /// generator on CPU 1).
     pub(crate) pin: bool,
+    /// The targets, when not the usual direct, nginx, relay (and peers).
+    pub(crate) targets: Option<Vec<Kind>>,
 }
 
 impl Case {
@@ -90,6 +96,7 @@ pub(crate) fn cases(name: &str, smoke: bool, rounds: usize) -> Vec<Case> {
             loads,
             rounds,
             pin: true,
+            targets: None,
         };
     match name {
         "overhead" => [("0.4KB", "400"), ("1.4KB", "1400"), ("10KB", "10240")]
@@ -254,6 +261,45 @@ pub(crate) fn cases(name: &str, smoke: bool, rounds: usize) -> Vec<Case> {
                 )
                 .unpinned(),
             ]
+        }
+        // The gateway with 0, 1, 4 and 8 no-op plugins on the route: what the
+        // plugin host adds per request, latency at c=1 and throughput at c=32.
+        "plugins" | "usage-logging" => {
+            let targets = if name == "plugins" {
+                vec![
+                    Kind::Direct,
+                    Kind::Gateway,
+                    Kind::GatewayPlugins(1),
+                    Kind::GatewayPlugins(4),
+                    Kind::GatewayPlugins(8),
+                ]
+            } else {
+                // Usage logging off (`--no-store`) and on, into the embedded
+                // SQLite file and into Postgres.
+                vec![
+                    Kind::Direct,
+                    Kind::Gateway,
+                    Kind::GatewaySqlite,
+                    Kind::GatewayPostgres,
+                ]
+            };
+            vec![Case {
+                targets: Some(targets),
+                ..case(
+                    if name == "plugins" {
+                        "plugins"
+                    } else {
+                        "usage-logging"
+                    },
+                    "0.4KB",
+                    args(&["--tokens", "1", "--body-bytes", "400"]),
+                    vec![
+                        closed("c=1", 1, scale(3.0, 0.5), scale(0.5, 0.2)),
+                        closed("c=32", 32, scale(3.0, 0.5), scale(0.5, 0.2)),
+                    ],
+                    r,
+                )
+            }]
         }
         _ => Vec::new(),
     }

@@ -1,6 +1,8 @@
 //! The targets a load runs against: the mock itself (direct), a bare nginx
 //! hop (the floor), the gateway, and the optional peers (LiteLLM proxy,
-//! Portkey gateway), each configured for the same mock.
+//! Portkey gateway), each configured for the same mock; and the gateway
+//! variants of the plugin and usage-logging scenarios (1, 4 or 8 no-op
+//! plugins on the route; usage written to SQLite or Postgres).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ pub(crate) struct Paths {
     pub(crate) work: PathBuf,
     /// Where the peers are installed (`benches/.peers`).
     pub(crate) peers: PathBuf,
+    /// The Postgres the `relay+postgres` target writes usage to.
+    pub(crate) pg_url: Option<String>,
 }
 
 /// Which process plays a target.
@@ -35,6 +39,13 @@ pub(crate) enum Kind {
     Gateway,
     LiteLlm,
     Portkey,
+    /// The gateway with this many no-op plugins (`plugins/dist/noop.wasm`) on
+    /// the route: 1, 4 or 8.
+    GatewayPlugins(u8),
+    /// The gateway writing usage to its embedded SQLite file.
+    GatewaySqlite,
+    /// The gateway writing usage to Postgres (`--pg-url`).
+    GatewayPostgres,
 }
 
 impl Kind {
@@ -45,6 +56,11 @@ impl Kind {
             Kind::Gateway => "relay",
             Kind::LiteLlm => "litellm",
             Kind::Portkey => "portkey",
+            Kind::GatewayPlugins(1) => "relay+1 plugin",
+            Kind::GatewayPlugins(4) => "relay+4 plugins",
+            Kind::GatewayPlugins(_) => "relay+8 plugins",
+            Kind::GatewaySqlite => "relay+sqlite",
+            Kind::GatewayPostgres => "relay+postgres",
         }
     }
 
@@ -55,6 +71,11 @@ impl Kind {
             Kind::Gateway => 2,
             Kind::LiteLlm => 3,
             Kind::Portkey => 4,
+            Kind::GatewayPlugins(1) => 5,
+            Kind::GatewayPlugins(4) => 6,
+            Kind::GatewayPlugins(_) => 7,
+            Kind::GatewaySqlite => 8,
+            Kind::GatewayPostgres => 9,
         }
     }
 }
@@ -151,10 +172,11 @@ pub(crate) fn start(
             });
         }
         Kind::Nginx => (start_nginx(paths, listen, upstream, cpus)?, Vec::new(), 10),
-        Kind::Gateway => (
-            start_gateway(paths, listen, upstream, cpus)?,
+        Kind::Gateway | Kind::GatewayPlugins(_) | Kind::GatewaySqlite | Kind::GatewayPostgres => (
+            start_gateway(kind, paths, listen, upstream, cpus)?,
             vec![(s("authorization"), s("Bearer rk-bench"))],
-            15,
+            // Plugins compile (cranelift) at start unless cached.
+            60,
         ),
         Kind::LiteLlm => (
             start_litellm(paths, listen, upstream, cpus)?,
@@ -248,30 +270,81 @@ models = ["mock-model"]
     )
 }
 
+/// The `[plugins]` section and the `mock-model` preset of a gateway with `n`
+/// no-op plugins on its one route.
+pub(crate) fn plugins_config(n: u8, plugin_dir: &Path, cache_dir: &Path) -> String {
+    let list = vec![r#"{ name = "noop" }"#; usize::from(n)].join(", ");
+    format!(
+        r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+
+[[plugins.registry]]
+name = "noop"
+
+[[presets]]
+name = "mock-model"
+[[presets.items]]
+channels = ["mock"]
+plugins = [{list}]
+"#,
+        plugin_dir.display(),
+        cache_dir.display()
+    )
+}
+
 fn start_gateway(
+    kind: Kind,
     paths: &Paths,
     listen: SocketAddr,
     upstream: SocketAddr,
     cpus: Option<&str>,
 ) -> Result<Proc, String> {
-    let config = paths.work.join("gateway.toml");
-    std::fs::write(&config, gateway_config(listen, upstream))
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let mut toml = gateway_config(listen, upstream);
+    let mut extra: Vec<String> = Vec::new();
+    match kind {
+        // The proxy hop alone, like nginx's: usage goes to the log, not a database.
+        Kind::Gateway => extra.push(s("--no-store")),
+        Kind::GatewayPlugins(n) => {
+            let dir = paths.root.join("plugins/dist");
+            if !dir.join("noop.wasm").is_file() {
+                return Err(format!(
+                    "{} is missing: run scripts/build-plugins",
+                    dir.join("noop.wasm").display()
+                ));
+            }
+            toml.push_str(&plugins_config(n, &dir, &paths.work.join("plugin-cache")));
+            extra.push(s("--no-store"));
+        }
+        // The embedded default: relay-data/<config stem>.db beside the config.
+        Kind::GatewaySqlite => {}
+        Kind::GatewayPostgres => {
+            let url = paths
+                .pg_url
+                .as_deref()
+                .ok_or("no Postgres (--pg-url) for the relay+postgres target")?;
+            extra.extend([s("--database-url"), url.to_owned()]);
+        }
+        _ => return Err(format!("{} is not a gateway target", kind.name())),
+    }
+    let stem = kind.name().replace(['+', ' '], "-");
+    let config = paths.work.join(format!("{stem}.toml"));
+    std::fs::write(&config, toml).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let mut argv = vec![
+        paths.bin.join("relay-gateway").display().to_string(),
+        s("serve"),
+        s("--config"),
+        config.display().to_string(),
+        s("--log-level"),
+        s("warn"),
+    ];
+    argv.extend(extra);
     Proc::spawn(
         "relay-gateway",
-        &[
-            paths.bin.join("relay-gateway").display().to_string(),
-            s("serve"),
-            s("--config"),
-            config.display().to_string(),
-            s("--log-level"),
-            s("warn"),
-            // The proxy hop alone, like nginx's: usage goes to the log, not a database.
-            // benches/usage-logging.sh measures the store's cost.
-            s("--no-store"),
-        ],
+        &argv,
         cpus,
-        &paths.work.join("gateway.log"),
+        &paths.work.join(format!("{stem}.log")),
         &[],
         None,
     )
