@@ -54,19 +54,23 @@ fn insert_usage_sql(rows: usize, returning: bool) -> &'static str {
         USAGE_CHUNKS
             .iter()
             .map(|&n| {
-                let mut sql = String::with_capacity(400 + n * USAGE_COLUMNS * 5);
+                let mut sql = String::with_capacity(400 + n * USAGE_COLUMNS * 2);
                 sql.push_str("INSERT INTO usage (request_id, key_id, requested_model, item, channel, upstream_model, client_dialect, upstream_dialect, operation, stream, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_micros, estimated, outcome, status, error_kind, attempts, latency_ms, ttft_ms, started_at) VALUES ");
                 for i in 0..n {
                     if i > 0 {
                         sql.push(',');
                     }
                     sql.push('(');
+                    // Anonymous `?` placeholders, not `$N`: SQLite finds a named
+                    // parameter's name by a linear scan, and the driver asks for every
+                    // parameter's name when binding, so `$N` costs O(n²) in the
+                    // parameters of a statement (46 % of the gateway's CPU at 4k rows/s
+                    // with 256-row statements, by `perf`).
                     for c in 0..USAGE_COLUMNS {
                         if c > 0 {
                             sql.push(',');
                         }
-                        sql.push('$');
-                        sql.push_str(&(i * USAGE_COLUMNS + c + 1).to_string());
+                        sql.push('?');
                     }
                     sql.push(')');
                 }

@@ -333,21 +333,40 @@ impl WriterTask {
         let mut next_probe = Instant::now();
         let mut buf: Vec<UsageRow> = Vec::with_capacity(self.config.batch);
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+        // Rows drained per pass at most (a backlog is worked off in several passes).
+        let pass_cap = self.config.batch.max(1) * 8;
+        let mut backlog = false;
         loop {
             let mut closed = false;
-            match tokio::time::timeout(self.config.flush_interval, self.rx.recv()).await {
-                Ok(Some(msg)) => self.take(msg, &mut buf, &mut acks),
-                Ok(None) => closed = true,
-                Err(_) => {}
-            }
-            while buf.len() < self.config.batch && acks.is_empty() {
-                match self.rx.try_recv() {
-                    Ok(msg) => self.take(msg, &mut buf, &mut acks),
-                    Err(_) => break,
+            if !backlog {
+                match tokio::time::timeout(self.config.flush_interval, self.rx.recv()).await {
+                    Ok(Some(msg)) => self.take(msg, &mut buf, &mut acks),
+                    Ok(None) => closed = true,
+                    Err(_) => {}
+                }
+                // Let the batch gather: the writer sleeps through the interval rather than
+                // waiting on the queue, so a request's enqueue never wakes it (one wake-up
+                // and one transaction per interval, not per row). A flush skips the wait.
+                if !buf.is_empty() && acks.is_empty() && !closed {
+                    tokio::time::sleep(self.config.flush_interval).await;
                 }
             }
-            if !buf.is_empty() {
-                let rows = std::mem::take(&mut buf);
+            backlog = false;
+            while !closed {
+                if buf.len() >= pass_cap {
+                    backlog = true;
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(msg) => self.take(msg, &mut buf, &mut acks),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            let mut pending = std::mem::take(&mut buf);
+            while !pending.is_empty() {
+                let rest = pending.split_off(pending.len().min(self.config.batch.max(1)));
+                let rows = std::mem::replace(&mut pending, rest);
                 if db_up && self.write(&rows).await {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
