@@ -18,8 +18,11 @@ mod portable;
 mod postgres;
 mod sqlite;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::StoreError;
 use crate::crypto::MasterKey;
@@ -76,6 +79,23 @@ pub fn backend_of(url: &str) -> Backend {
         Backend::Postgres
     } else {
         Backend::Sqlite
+    }
+}
+
+/// The migrator of a backend's schema (`migrations/<backend>/0001_init.sql`), with
+/// locking on: Postgres holds `pg_advisory_lock` while it migrates and SQLite's file lock
+/// serializes writers, so replicas that start together migrate one at a time.
+fn migrator(init_sql: &'static str) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            Cow::Borrowed(init_sql),
+            false,
+        )]),
+        locking: true,
+        ..Migrator::DEFAULT
     }
 }
 

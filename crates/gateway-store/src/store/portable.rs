@@ -2,7 +2,7 @@
 //! `portable_store!(Type, Db, Row)` expands, inside a backend's module, to that
 //! backend's `impl Store` (every operation but the backend-specific hooks) plus the
 //! private helpers it needs. The backend module supplies, as inherent items of `Type`:
-//! fields `pool`, `url` and `master`; `const BACKEND`; `fn migrator()`;
+//! fields `pool`, `url` and `master`; `const BACKEND`; `const INIT_SQL` (the schema);
 //! `async fn begin()` (a write transaction); `async fn announce(tx, target)` (tell other
 //! replicas a change committed); `async fn insert_usage_rows(tx, rows, want_ids)`.
 //!
@@ -41,8 +41,6 @@ macro_rules! portable_store {
                 Ok(())
             }
 
-
-
             fn seal_channel(
                 &self,
                 config: &relay_core::ChannelConfig,
@@ -64,7 +62,6 @@ macro_rules! portable_store {
                 Ok((serde_json::to_string(&bare)?, sealed))
             }
 
-
             fn open_channel(&self, row: &$row) -> Result<StoredChannel, StoreError> {
                 let json: String = row.try_get("config")?;
                 let mut config: relay_core::ChannelConfig = serde_json::from_str(&json)?;
@@ -82,7 +79,6 @@ macro_rules! portable_store {
                     owner: Owner::parse(&owner),
                 })
             }
-
 
             async fn delete_row(
                 &self,
@@ -125,7 +121,7 @@ macro_rules! portable_store {
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {
-                Self::migrator()
+                $crate::store::migrator(Self::INIT_SQL)
                     .run(&self.pool)
                     .await
                     .map_err(|e| StoreError::Migrate(e.to_string()))
@@ -143,7 +139,6 @@ macro_rules! portable_store {
                         .try_get::<i64, _>(0)?,
                 )
             }
-
 
             async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
                 let rows = sqlx::query(
@@ -165,14 +160,12 @@ macro_rules! portable_store {
                     .collect()
             }
 
-
             async fn channels(&self) -> Result<Vec<StoredChannel>, StoreError> {
                 let rows = sqlx::query("SELECT id, config, credentials, owner FROM channels ORDER BY id")
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|r| self.open_channel(r)).collect()
             }
-
 
             async fn channel(&self, id: &str) -> Result<Option<StoredChannel>, StoreError> {
                 let row = sqlx::query("SELECT id, config, credentials, owner FROM channels WHERE id = $1")
@@ -181,7 +174,6 @@ macro_rules! portable_store {
                     .await?;
                 row.as_ref().map(|r| self.open_channel(r)).transpose()
             }
-
 
             async fn put_channel(
                 &self,
@@ -203,13 +195,10 @@ macro_rules! portable_store {
                 Ok(())
             }
 
-
             async fn delete_channel(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
                 self.delete_row("channels", "id", id, actor, "channel")
                     .await
             }
-
-
 
             async fn presets(&self) -> Result<Vec<StoredPreset>, StoreError> {
                 let rows = sqlx::query("SELECT name, config, owner FROM presets ORDER BY name")
@@ -226,7 +215,6 @@ macro_rules! portable_store {
                     })
                     .collect()
             }
-
 
             async fn put_preset(
                 &self,
@@ -248,13 +236,10 @@ macro_rules! portable_store {
                 Ok(())
             }
 
-
             async fn delete_preset(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
                 self.delete_row("presets", "name", name, actor, "preset")
                     .await
             }
-
-
 
             async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
                 let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))
@@ -263,7 +248,6 @@ macro_rules! portable_store {
                 rows.iter().map(key_from_row).collect()
             }
 
-
             async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
                 let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
                     .bind(id)
@@ -271,7 +255,6 @@ macro_rules! portable_store {
                     .await?;
                 row.as_ref().map(key_from_row).transpose()
             }
-
 
             async fn create_key(&self, key: &KeyRecord, actor: &str) -> Result<(), StoreError> {
                 let mut tx = self.begin().await?;
@@ -292,7 +275,6 @@ macro_rules! portable_store {
                 tx.commit().await?;
                 Ok(())
             }
-
 
             async fn update_key(&self, key: &KeyRecord, actor: &str) -> Result<bool, StoreError> {
                 let mut tx = self.begin().await?;
@@ -323,7 +305,6 @@ macro_rules! portable_store {
                 Ok(done)
             }
 
-
             async fn revoke_key(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
                 let mut tx = self.begin().await?;
                 let done = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = $1")
@@ -340,11 +321,9 @@ macro_rules! portable_store {
                 Ok(done)
             }
 
-
             async fn delete_key(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
                 self.delete_row("api_keys", "id", id, actor, "key").await
             }
-
 
             async fn reserve(&self, key_id: &str, amount: i64) -> Result<Reservation, StoreError> {
                 let row = sqlx::query(
@@ -365,7 +344,6 @@ macro_rules! portable_store {
                 })
             }
 
-
             async fn release(&self, key_id: &str, amount: i64) -> Result<(), StoreError> {
                 sqlx::query(
                     "UPDATE api_keys SET quota_reserved = CASE WHEN quota_reserved > $2 \
@@ -377,7 +355,6 @@ macro_rules! portable_store {
                 .await?;
                 Ok(())
             }
-
 
             async fn grant_quota(
                 &self,
@@ -418,8 +395,6 @@ macro_rules! portable_store {
                 Ok(done)
             }
 
-
-
             async fn prices(&self) -> Result<Vec<(String, Price)>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM pricing ORDER BY model",
@@ -439,7 +414,6 @@ macro_rules! portable_store {
                     })
                     .collect()
             }
-
 
             async fn put_price(
                 &self,
@@ -467,13 +441,10 @@ macro_rules! portable_store {
                 Ok(())
             }
 
-
             async fn delete_price(&self, model: &str, actor: &str) -> Result<bool, StoreError> {
                 self.delete_row("pricing", "model", model, actor, "pricing")
                     .await
             }
-
-
 
             async fn put_plugin(
                 &self,
@@ -529,7 +500,6 @@ macro_rules! portable_store {
                 Ok(info)
             }
 
-
             async fn plugins(&self) -> Result<Vec<PluginInfo>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT sha256, name, version, size, created_at FROM plugins ORDER BY name, version",
@@ -549,7 +519,6 @@ macro_rules! portable_store {
                     .collect()
             }
 
-
             async fn plugin_artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 let row = sqlx::query("SELECT artifact FROM plugins WHERE sha256 = $1")
                     .bind(sha256)
@@ -558,13 +527,10 @@ macro_rules! portable_store {
                 Ok(row.map(|r| r.try_get(0)).transpose()?)
             }
 
-
             async fn delete_plugin(&self, sha256: &str, actor: &str) -> Result<bool, StoreError> {
                 self.delete_row("plugins", "sha256", sha256, actor, "plugin")
                     .await
             }
-
-
 
             async fn seed(&self, seed: &Seed) -> Result<SeedReport, StoreError> {
                 let mut report = SeedReport::default();
@@ -716,7 +682,6 @@ macro_rules! portable_store {
                 Ok(new)
             }
 
-
             async fn usage_count(&self, request_id: &str) -> Result<i64, StoreError> {
                 Ok(
                     sqlx::query("SELECT COUNT(*) FROM usage WHERE request_id = $1")
@@ -727,14 +692,12 @@ macro_rules! portable_store {
                 )
             }
 
-
             async fn usage_request_ids(&self) -> Result<Vec<String>, StoreError> {
                 let rows = sqlx::query("SELECT request_id FROM usage")
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
             }
-
 
             async fn usage_report(
                 &self,

@@ -10,7 +10,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::portable::portable_store;
@@ -49,6 +48,7 @@ const INSERT_USAGE: &str = "INSERT INTO usage (request_id, key_id, requested_mod
 
 impl PostgresStore {
     const BACKEND: Backend = Backend::Postgres;
+    const INIT_SQL: &str = include_str!("../../migrations/postgres/0001_init.sql");
 
     /// Connect (`postgres://...`). Does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStore, StoreError> {
@@ -63,22 +63,6 @@ impl PostgresStore {
             url: url.to_owned(),
             master: None,
         })
-    }
-
-    fn migrator() -> Migrator {
-        Migrator {
-            migrations: Cow::Owned(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../../migrations/postgres/0001_init.sql")),
-                false,
-            )]),
-            // sqlx holds `pg_advisory_lock` while it migrates, so replicas that start
-            // together migrate one at a time.
-            locking: true,
-            ..Migrator::DEFAULT
-        }
     }
 
     async fn begin(&self) -> Result<Tx, StoreError> {

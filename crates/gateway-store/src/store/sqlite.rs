@@ -3,14 +3,12 @@
 //! (other processes poll `config_version`); usage batches go in as multi-row inserts
 //! of a few fixed sizes, so every statement is prepared once and cached.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -47,9 +45,9 @@ const USAGE_COLUMNS: usize = 23;
 /// statements, each prepared once; 23 parameters a row stays well under SQLite's limit.
 const USAGE_CHUNKS: [usize; 4] = [256, 32, 8, 1];
 
-/// The multi-row insert of `rows` rows (one of [`USAGE_CHUNKS`]).
-fn insert_usage_sql(rows: usize, returning: bool) -> &'static str {
-    static SQL: OnceLock<Vec<(usize, String, String)>> = OnceLock::new();
+/// The multi-row insert of `USAGE_CHUNKS[size]` rows, with or without `RETURNING`.
+fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
+    static SQL: OnceLock<Vec<[String; 2]>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         USAGE_CHUNKS
             .iter()
@@ -76,24 +74,16 @@ fn insert_usage_sql(rows: usize, returning: bool) -> &'static str {
                 }
                 sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
                 let returning = format!("{sql} RETURNING request_id");
-                (n, sql, returning)
+                [sql, returning]
             })
             .collect()
     });
-    all.iter()
-        .find(|(n, _, _)| *n == rows)
-        .map(|(_, plain, ret)| {
-            if returning {
-                ret.as_str()
-            } else {
-                plain.as_str()
-            }
-        })
-        .unwrap_or("")
+    &all[size][usize::from(returning)]
 }
 
 impl SqliteStore {
     const BACKEND: Backend = Backend::Sqlite;
+    const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 
     /// Open (`sqlite://PATH`, `sqlite:PATH` or a bare path; created when missing, with
     /// its directory). Does not migrate.
@@ -128,21 +118,6 @@ impl SqliteStore {
         })
     }
 
-    fn migrator() -> Migrator {
-        Migrator {
-            migrations: Cow::Owned(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../../migrations/sqlite/0001_init.sql")),
-                false,
-            )]),
-            // The file lock serializes processes that start together.
-            locking: true,
-            ..Migrator::DEFAULT
-        }
-    }
-
     /// `BEGIN IMMEDIATE`: take the write lock up front and wait for it (busy timeout)
     /// instead of failing when a read inside the transaction would have to be upgraded
     /// while another connection writes.
@@ -166,14 +141,14 @@ impl SqliteStore {
         let mut ids = HashSet::new();
         let mut rest = rows;
         while !rest.is_empty() {
-            let n = USAGE_CHUNKS
+            // The largest statement size that fits; the last one is a single row.
+            let size = USAGE_CHUNKS
                 .iter()
-                .copied()
-                .find(|&n| n <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(n);
+                .position(|&n| n <= rest.len())
+                .unwrap_or(USAGE_CHUNKS.len() - 1);
+            let (chunk, tail) = rest.split_at(USAGE_CHUNKS[size].min(rest.len()));
             rest = tail;
-            let mut q = sqlx::query::<Sqlite>(insert_usage_sql(n, want_ids));
+            let mut q = sqlx::query::<Sqlite>(insert_usage_sql(size, want_ids));
             for r in chunk {
                 q = q
                     .bind(&r.request_id)
