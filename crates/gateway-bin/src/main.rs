@@ -74,7 +74,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
-    /// Validate a plugin component against the relay:plugin@0.1.0 WIT, list the
+    /// Validate a plugin component against the relay:plugin@0.2.0 WIT, list the
     /// hooks it exports and the capabilities it imports, and run its init and each
     /// declared hook once on a sample request, with timings.
     Check {

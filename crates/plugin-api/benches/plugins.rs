@@ -1,13 +1,18 @@
 //! Plugin host benchmarks (criterion). The components come from
 //! `scripts/build-plugins` (`plugins/dist/`): run it first.
 //!
+//! The no-op guests declare themselves stateless, so their calls borrow warm instances
+//! from the item's pool; the `*-fresh` registrations load the same components with
+//! `reuse_instances = false` (a fresh instance per request, as for any plugin that
+//! does not declare itself stateless).
+//!
 //! - `hook/noop_warm`: `before-request` on a warm instance, no body access;
 //! - `hook/body_1k_warm`: the same with a 1 KiB body copied into the view;
 //! - `hook/fresh_instance_1k`: a fresh instance plus `before-request` with 1 KiB;
 //! - `hook/chunk_warm`: one stream chunk through `on-stream-chunk`, warm;
 //! - `request/plugins_{0,1,4,8}`: a whole non-streaming request through the relay
 //!   engine (in process) to relay-mock over loopback, with 0, 1, 4 and 8 no-op plugins
-//!   (fresh instances per request, as in production).
+//!   (warm instances); `request/plugins_{1,8}_fresh`: the same with fresh ones.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -35,13 +40,21 @@ fn host() -> PluginHost {
         ..HostSettings::default()
     })
     .unwrap();
-    for name in ["noop", "noop-body"] {
+    for (name, file, reuse) in [
+        ("noop", "noop", true),
+        ("noop-body", "noop-body", true),
+        ("noop-fresh", "noop", false),
+        ("noop-body-fresh", "noop-body", false),
+    ] {
         host.load(&PluginSpec {
             name: name.into(),
             version: "0.1.0".into(),
-            path: dist().join(format!("{name}.wasm")),
+            path: dist().join(format!("{file}.wasm")),
             secrets: Default::default(),
-            limits: PluginLimits::default(),
+            limits: PluginLimits {
+                reuse_instances: reuse,
+                ..PluginLimits::default()
+            },
             failure_mode: None,
         })
         .unwrap_or_else(|e| panic!("{e} (run scripts/build-plugins first)"));
@@ -66,10 +79,7 @@ fn chain(host: &PluginHost, name: &str, n: usize) -> ItemChain {
     let plugin = host.get(name, None).unwrap();
     ItemChain::new(
         (0..n)
-            .map(|_| ChainEntry {
-                plugin: plugin.clone(),
-                config: Arc::from("null"),
-            })
+            .map(|_| ChainEntry::new(plugin.clone(), Arc::from("null")))
             .collect(),
     )
 }
@@ -80,6 +90,7 @@ fn hooks(c: &mut Criterion) {
     let kib = request(1024);
     let noop = chain(&host, "noop", 1);
     let body = chain(&host, "noop-body", 1);
+    let body_fresh = chain(&host, "noop-body-fresh", 1);
     let mut g = c.benchmark_group("hook");
 
     let mut warm = noop.session("req_bench", 0);
@@ -96,7 +107,7 @@ fn hooks(c: &mut Criterion) {
 
     g.bench_function("fresh_instance_1k", |b| {
         b.iter(|| {
-            let mut s = body.session("req_bench", 0);
+            let mut s = body_fresh.session("req_bench", 0);
             black_box(s.before_request(black_box(&kib)).unwrap())
         })
     });
@@ -130,17 +141,25 @@ fn requests(c: &mut Criterion) {
         }))
         .unwrap();
     let host = host();
-    let plugins = |n: usize| -> Vec<serde_json::Value> {
+    let plugins = |n: usize, name: &str| -> Vec<serde_json::Value> {
         (0..n)
-            .map(|_| serde_json::json!({"name": "noop"}))
+            .map(|_| serde_json::json!({ "name": name }))
             .collect()
     };
-    let presets: Vec<serde_json::Value> = [0, 1, 4, 8]
+    let variants = [
+        ("plugins_0", 0, "noop"),
+        ("plugins_1", 1, "noop"),
+        ("plugins_4", 4, "noop"),
+        ("plugins_8", 8, "noop"),
+        ("plugins_1_fresh", 1, "noop-fresh"),
+        ("plugins_8_fresh", 8, "noop-fresh"),
+    ];
+    let presets: Vec<serde_json::Value> = variants
         .iter()
-        .map(|n| {
+        .map(|(preset, n, name)| {
             serde_json::json!({
-                "name": format!("p{n}"),
-                "items": [{"channels": ["a"], "model": "m", "plugins": plugins(*n)}],
+                "name": preset,
+                "items": [{"channels": ["a"], "model": "m", "plugins": plugins(*n, name)}],
             })
         })
         .collect();
@@ -158,11 +177,11 @@ fn requests(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut g = c.benchmark_group("request");
-    for n in [0, 1, 4, 8] {
+    for (preset, _, _) in variants {
         let body = format!(
-            r#"{{"model":"p{n}","stream":false,"messages":[{{"role":"user","content":"Say hello"}}]}}"#
+            r#"{{"model":"{preset}","stream":false,"messages":[{{"role":"user","content":"Say hello"}}]}}"#
         );
-        g.bench_function(format!("plugins_{n}"), |b| {
+        g.bench_function(preset, |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let inbound = relay_adapters::openai::OpenAiDialect

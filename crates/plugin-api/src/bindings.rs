@@ -1,4 +1,4 @@
-//! The `bindgen!` output for the `relay:plugin@0.1.0` world (host side), and nothing
+//! The `bindgen!` output for the `relay:plugin@0.2.0` world (host side), and nothing
 //! else.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 

@@ -1,6 +1,7 @@
 //! A preset item's plugin chain: [`ItemChain`] implements relay-core's
 //! [`ItemHooks`]; each request gets a [`Session`] that instantiates each plugin
-//! lazily (a fresh instance per request per plugin) and runs the hooks in order,
+//! lazily (a fresh instance per request per plugin; a stateless plugin's calls borrow
+//! warm instances from its pool instead) and runs the hooks in order,
 //! applying each plugin's failure mode; streams go through [`ChainStreamFilter`],
 //! which enforces each plugin's stream mode.
 
@@ -23,6 +24,7 @@ use crate::bindings::{
     Hooks, RequestDecision, RequestView, ResponseDecision, ResponseView, StreamEndView, StreamMode,
 };
 use crate::host::{Live, LoadedPlugin, PluginFailure};
+use crate::warm::WarmPool;
 
 /// Upstream error bodies handed to `on-error`, at most.
 const ERROR_BODY_MAX: usize = 64 * 1024;
@@ -36,6 +38,23 @@ pub struct ChainEntry {
     pub plugin: Arc<LoadedPlugin>,
     /// The item's config for it (JSON text).
     pub config: Arc<str>,
+    /// Idle warm instances, when the plugin reuses them.
+    warm: Option<Arc<WarmPool>>,
+}
+
+impl ChainEntry {
+    /// `plugin` with this item's `config`; a plugin that reuses instances gets a pool
+    /// of warm ones for this config.
+    pub fn new(plugin: Arc<LoadedPlugin>, config: Arc<str>) -> Self {
+        let warm = plugin
+            .reuses_instances()
+            .then(|| Arc::new(WarmPool::new(plugin.warm_budget.clone())));
+        ChainEntry {
+            plugin,
+            config,
+            warm,
+        }
+    }
 }
 
 /// The plugins of one preset item, in list order.
@@ -161,35 +180,46 @@ impl Session {
             plugin.shared.metrics.on_rejected();
             return Err(PluginFailure::Open);
         }
+        let instantiated = |made: Result<Live, PluginFailure>| {
+            made.inspect_err(|_| {
+                plugin.breaker.on_failure();
+                plugin.shared.metrics.on_error();
+            })
+        };
+        let called = |r: Result<R, PluginFailure>| {
+            match &r {
+                Ok(_) => plugin.breaker.on_success(),
+                Err(e) => {
+                    plugin.breaker.on_failure();
+                    tracing::warn!(plugin = %plugin.name, request_id = %self.request_id, "plugin {e}");
+                }
+            }
+            r
+        };
+        if let Some(pool) = &entry.warm {
+            // Borrowed for this call only; a failed instance is not given back.
+            let mut live = instantiated(pool.take(plugin, &entry.config))?;
+            let r = live.call(plugin, f);
+            if r.is_ok() {
+                pool.give_back(live);
+            }
+            return called(r);
+        }
         let slot = self
             .live
             .get_mut(i)
             .ok_or_else(|| PluginFailure::Invalid("no such plugin".into()))?;
         if slot.is_none() {
-            match plugin.instantiate(entry.config.clone()) {
-                Ok(live) => *slot = Some(live),
-                Err(e) => {
-                    plugin.breaker.on_failure();
-                    plugin.shared.metrics.on_error();
-                    return Err(e);
-                }
-            }
+            *slot = Some(instantiated(plugin.instantiate(entry.config.clone()))?);
         }
         let Some(live) = slot.as_mut() else {
             return Err(PluginFailure::Invalid("no instance".into()));
         };
-        match live.call(plugin, f) {
-            Ok(r) => {
-                plugin.breaker.on_success();
-                Ok(r)
-            }
-            Err(e) => {
-                *slot = None;
-                plugin.breaker.on_failure();
-                tracing::warn!(plugin = %plugin.name, request_id = %self.request_id, "plugin {e}");
-                Err(e)
-            }
+        let r = live.call(plugin, f);
+        if r.is_err() {
+            *slot = None;
         }
+        called(r)
     }
 
     fn request_view(&self, entry: &ChainEntry, request: &InboundRequest) -> RequestView {

@@ -46,7 +46,7 @@ pub struct CheckReport {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: a relay:plugin@0.1.0 component", self.path)?;
+        writeln!(f, "{}: a relay:plugin@0.2.0 component", self.path)?;
         writeln!(
             f,
             "  size      {} bytes, sha256 {}",
@@ -132,14 +132,18 @@ pub fn check(path: &Path, config: &serde_json::Value) -> Result<CheckReport, Plu
     let init = crate::factory::init(&plugin, &config);
     let m = &plugin.manifest;
     let manifest = format!(
-        "name={:?} hooks={:?} body-access={:?} stream-mode={:?} failure-mode={:?} secrets={:?} metrics={:?}",
-        m.name, m.hooks, m.body_access, m.stream_mode, m.failure_mode, m.secrets, m.metrics
+        "name={:?} hooks={:?} body-access={:?} stream-mode={:?} failure-mode={:?} secrets={:?} metrics={:?} stateless={}",
+        m.name,
+        m.hooks,
+        m.body_access,
+        m.stream_mode,
+        m.failure_mode,
+        m.secrets,
+        m.metrics,
+        m.stateless
     );
 
-    let chain = ItemChain::new(vec![ChainEntry {
-        plugin: plugin.clone(),
-        config,
-    }]);
+    let chain = ItemChain::new(vec![ChainEntry::new(plugin.clone(), config)]);
     let request = sample_request();
     let mut runs = Vec::new();
     let hooks = plugin.manifest.hooks;

@@ -26,7 +26,7 @@ impl PluginFactory for PluginHost {
                     })?;
             let config: Arc<str> = Arc::from(r.config.to_string());
             init(&plugin, &config).map_err(|e| format!("plugin `{}`: {e}", r.name))?;
-            entries.push(ChainEntry { plugin, config });
+            entries.push(ChainEntry::new(plugin, config));
         }
         if entries.is_empty() {
             return Ok(None);

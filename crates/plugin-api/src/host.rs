@@ -15,8 +15,8 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    Trap,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store, Trap,
 };
 
 use crate::bindings::{FailureMode, Manifest, Plugin, PluginPre, StreamMode};
@@ -24,12 +24,22 @@ use crate::error::PluginError;
 use crate::limits::PluginLimits;
 use crate::metrics::MetricsSnapshot;
 use crate::state::{HostState, PluginShared};
+use crate::warm::WarmBudget;
+
+/// The version of the `relay:plugin` WIT package this host speaks.
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// The time instantiation (guest start-up code) may take at most, whatever the hook
 /// deadline.
 pub(crate) const INSTANTIATE_DEADLINE: Duration = Duration::from_millis(500);
 /// `init` (at config load, off the request path) may take this long.
 pub(crate) const INIT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Bytes of each pooled linear memory kept resident between instances (only the pages
+/// a guest dirtied are reset); a small Rust guest touches well under this.
+const KEEP_RESIDENT_MEMORY: usize = 2 * 1024 * 1024;
+/// The same for tables.
+const KEEP_RESIDENT_TABLE: usize = 64 * 1024;
 
 /// Epoch tick: the granularity of hook deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -91,6 +101,8 @@ pub struct LoadedPlugin {
     pub(crate) pre: PluginPre<HostState>,
     pub(crate) shared: Arc<PluginShared>,
     pub(crate) breaker: crate::breaker::Breaker,
+    /// The host's budget of idle warm instances.
+    pub(crate) warm_budget: Arc<WarmBudget>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -142,7 +154,18 @@ impl LoadedPlugin {
         }))
         .unwrap_or_else(|_| Err(wasmtime::Error::msg("a host function panicked")))
         .map_err(|e| classify(&e, "instantiate"))?;
-        Ok(Live { store, plugin })
+        self.shared.metrics.on_instance();
+        Ok(Live {
+            store,
+            plugin,
+            calls: 0,
+        })
+    }
+
+    /// Whether this plugin's hooks run in warm, reused instances: it declares itself
+    /// stateless and the operator has not turned reuse off.
+    pub fn reuses_instances(&self) -> bool {
+        self.manifest.stateless && self.shared.limits.reuse_instances
     }
 }
 
@@ -150,6 +173,8 @@ impl LoadedPlugin {
 pub(crate) struct Live {
     pub(crate) store: Store<HostState>,
     pub(crate) plugin: Plugin,
+    /// Hook calls it has served.
+    calls: u32,
 }
 
 /// Why a hook call failed.
@@ -206,6 +231,7 @@ impl Live {
         let shared = &plugin.shared;
         self.store
             .set_epoch_deadline(deadline_ticks(shared.limits.hook_deadline()));
+        self.calls = self.calls.saturating_add(1);
         let start = Instant::now();
         // A host function that panics (a WASI call that would block on the ambient
         // runtime) unwinds through the guest to here; the instance is then dropped.
@@ -229,6 +255,18 @@ impl Live {
         })
     }
 }
+
+impl Live {
+    /// Whether a warm instance may serve another call: it has served fewer than
+    /// [`WARM_CALLS_MAX`] (a slow leak in a guest's heap is bounded by recycling) and
+    /// its captured stdout/stderr have room left (the pipes only grow).
+    pub(crate) fn reusable(&self) -> bool {
+        self.calls < WARM_CALLS_MAX && self.store.data().stdio_room()
+    }
+}
+
+/// Calls one warm instance serves before it is replaced by a fresh one.
+const WARM_CALLS_MAX: u32 = 100_000;
 
 /// Run the epoch ticker until dropped.
 struct Ticker {
@@ -276,6 +314,7 @@ struct HostInner {
     linker: Linker<HostState>,
     settings: HostSettings,
     plugins: RwLock<HashMap<String, Vec<Arc<LoadedPlugin>>>>,
+    warm_budget: Arc<WarmBudget>,
     _ticker: Ticker,
 }
 
@@ -303,12 +342,17 @@ impl PluginHost {
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let ticker = Ticker::start(engine.clone())?;
+        // Half the allocator's slots may idle warm; the rest is for requests.
+        let warm_budget = Arc::new(WarmBudget::new(
+            (settings.max_instances as usize / 2).max(1),
+        ));
         Ok(PluginHost {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 settings,
                 plugins: RwLock::new(HashMap::new()),
+                warm_budget,
                 _ticker: ticker,
             }),
         })
@@ -355,8 +399,12 @@ impl PluginHost {
             self.inner.linker.instantiate_pre(&component).map_err(|e| {
                 load_err(format!("imports something the host does not give: {e:#}"))
             })?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| load_err(format!("does not export the relay:plugin world: {e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            load_err(format!(
+                "does not export the relay:plugin@{WIT_VERSION} world (built for another \
+                     version of the contract? rebuild it with the current relay-plugin-sdk): {e:#}"
+            ))
+        })?;
 
         // Read the manifest in a throwaway instance.
         let probe = Arc::new(PluginShared::new(
@@ -417,6 +465,7 @@ impl PluginHost {
                 Duration::from_millis(spec.limits.breaker_cooldown_ms),
             ),
             shared,
+            warm_budget: self.inner.warm_budget.clone(),
         })
     }
 
@@ -428,6 +477,11 @@ impl PluginHost {
             Some(v) => versions.iter().find(|p| p.version == v).cloned(),
             None => versions.last().cloned(),
         }
+    }
+
+    /// Warm instances idle in all pools now.
+    pub fn warm_instances(&self) -> usize {
+        self.inner.warm_budget.idle()
     }
 
     /// Every registered plugin.
@@ -469,7 +523,14 @@ fn engine_config(settings: &HostSettings) -> Result<Config, PluginError> {
         .max_core_instances_per_component(32)
         .max_memories_per_component(8)
         .max_tables_per_component(32)
-        .max_memory_size(settings.max_memory_bytes);
+        .max_memory_size(settings.max_memory_bytes)
+        // A freed slot keeps its pages and has only the pages the guest dirtied put
+        // back (found with the PAGEMAP_SCAN ioctl on Linux >= 6.7, else a memset of
+        // the low addresses): no madvise, no TLB shoot-down and no page faults when the
+        // next request's instance touches the same memory.
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLE)
+        .pagemap_scan(Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = &settings.cache_dir {
         let dir = absolute(dir)?;

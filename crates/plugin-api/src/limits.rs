@@ -20,6 +20,10 @@ pub struct PluginLimits {
     pub breaker_failures: u32,
     /// How long an open circuit stays open before a probe call.
     pub breaker_cooldown_ms: u64,
+    /// Run the hooks of a plugin that declares itself stateless in warm, reused
+    /// instances (the default). `false` gives it a fresh instance per request anyway:
+    /// the operator's choice when a plugin's claim is not trusted.
+    pub reuse_instances: bool,
 }
 
 impl Default for PluginLimits {
@@ -31,6 +35,7 @@ impl Default for PluginLimits {
             log_lines_per_sec: 50,
             breaker_failures: 5,
             breaker_cooldown_ms: 30_000,
+            reuse_instances: true,
         }
     }
 }

@@ -15,6 +15,7 @@ pub(crate) struct PluginMetrics {
     timeouts: AtomicU64,
     rejected_open: AtomicU64,
     logs_dropped: AtomicU64,
+    instances: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_ns_total: AtomicU64,
     declared: Vec<(String, AtomicU64)>,
@@ -38,6 +39,9 @@ pub struct MetricsSnapshot {
     pub latency_buckets: Vec<u64>,
     /// Mean call latency, in nanoseconds.
     pub mean_latency_ns: u64,
+    /// Instances made (a fresh one per request, or the warm ones of a stateless
+    /// plugin; `calls / instances` is the reuse).
+    pub instances: u64,
     /// The plugin's declared counters.
     pub counters: Vec<(String, u64)>,
 }
@@ -51,6 +55,7 @@ impl PluginMetrics {
             timeouts: AtomicU64::new(0),
             rejected_open: AtomicU64::new(0),
             logs_dropped: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
             buckets: Default::default(),
             latency_ns_total: AtomicU64::new(0),
             declared: declared
@@ -90,6 +95,11 @@ impl PluginMetrics {
         self.rejected_open.fetch_add(1, Relaxed);
     }
 
+    /// An instance was made.
+    pub(crate) fn on_instance(&self) {
+        self.instances.fetch_add(1, Relaxed);
+    }
+
     /// A log line was dropped.
     pub(crate) fn on_log_dropped(&self) {
         self.logs_dropped.fetch_add(1, Relaxed);
@@ -115,6 +125,7 @@ impl PluginMetrics {
             timeouts: self.timeouts.load(Relaxed),
             rejected_open: self.rejected_open.load(Relaxed),
             logs_dropped: self.logs_dropped.load(Relaxed),
+            instances: self.instances.load(Relaxed),
             latency_buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
             mean_latency_ns: self
                 .latency_ns_total

@@ -143,6 +143,12 @@ impl HostState {
         &mut self.limits
     }
 
+    /// Whether the captured stdout and stderr are both under half full (a warm
+    /// instance whose pipes are fuller is not reused: its prints would be cut).
+    pub(crate) fn stdio_room(&self) -> bool {
+        self.stdio_seen.iter().all(|n| *n < STDIO_CAPACITY / 2)
+    }
+
     /// Send what the guest printed since the last call to the log.
     pub(crate) fn flush_stdio(&mut self) {
         for (i, level) in [(0, host::LogLevel::Info), (1, host::LogLevel::Warn)] {

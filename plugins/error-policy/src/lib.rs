@@ -56,6 +56,7 @@ impl Plugin for ErrorPolicy {
     fn manifest() -> Manifest {
         let mut m = manifest("error-policy", Hooks::ON_ERROR);
         m.metrics = vec!["fallbacks".into(), "retries".into()];
+        m.stateless = true;
         m
     }
 

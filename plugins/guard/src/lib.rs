@@ -52,6 +52,7 @@ impl Plugin for Guard {
         m.stream_mode = StreamMode::Window(WINDOW);
         m.failure_mode = FailureMode::FailClosed;
         m.metrics = vec!["blocked".into()];
+        m.stateless = true;
         m
     }
 

@@ -1,9 +1,11 @@
-// Shared by `hostile` (fail-closed) and `hostile-open` (fail-open); included by each
-// crate's lib.rs after it defines `NAME` and `FAILURE`.
+// Shared by `hostile` (fail-closed, fresh instances) and `hostile-open` (fail-open,
+// declares itself stateless); included by each crate's lib.rs after it defines `NAME`,
+// `FAILURE` and `STATELESS`.
 //
 // The item config picks the misbehaviour: `{"mode": "loop" | "memory" | "stack" |
-// "panic" | "trap" | "oversize" | "secret" | "allowed-secret" | "print" |
-// "stream-loop" | "ok"}`. Modes run in `before-request`; `stream-loop` (and `loop` with
+// "panic" | "trap" | "oversize" | "secret" | "allowed-secret" | "print" | "count" |
+// "stream-loop" | "ok"}`. `count` answers with how many requests this instance's
+// globals have seen. Modes run in `before-request`; `stream-loop` (and `loop` with
 // `"stream": true`) loops in `on-stream-chunk`.
 
 use relay_plugin_sdk::serde_json::Value;
@@ -41,6 +43,7 @@ impl Plugin for Hostile {
         let mut m = manifest(NAME, Hooks::BEFORE_REQUEST | Hooks::ON_STREAM_CHUNK);
         m.failure_mode = FAILURE;
         m.secrets = vec!["ALLOWED_SECRET".into()];
+        m.stateless = STATELESS;
         m
     }
 
@@ -97,6 +100,15 @@ impl Plugin for Hostile {
                 }),
                 Err(e) => RequestDecision::Deny(deny(403, format!("secret refused: {e:?}"))),
             },
+            "count" => {
+                static SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                RequestDecision::Respond(Reply {
+                    status: 200,
+                    content_type: "text/plain".into(),
+                    body: format!("requests seen by this instance: {n}"),
+                })
+            }
             "print" => {
                 for i in 0..1000 {
                     println!("hostile line {i}");

@@ -3,5 +3,7 @@
 
 const NAME: &str = "hostile";
 const FAILURE: relay_plugin_sdk::FailureMode = relay_plugin_sdk::FailureMode::FailClosed;
+/// A fresh instance per request.
+const STATELESS: bool = false;
 
 include!("behaviour.rs");

@@ -12,6 +12,7 @@ impl Plugin for NoopBody {
             Hooks::BEFORE_REQUEST | Hooks::AFTER_RESPONSE | Hooks::ON_STREAM_CHUNK,
         );
         m.body_access = BodyAccess::Full;
+        m.stateless = true;
         m
     }
 }

@@ -7,14 +7,16 @@ struct Noop;
 
 impl Plugin for Noop {
     fn manifest() -> Manifest {
-        manifest(
+        let mut m = manifest(
             "noop",
             Hooks::BEFORE_REQUEST
                 | Hooks::AFTER_RESPONSE
                 | Hooks::ON_STREAM_CHUNK
                 | Hooks::ON_STREAM_END
                 | Hooks::ON_ERROR,
-        )
+        );
+        m.stateless = true;
+        m
     }
 }
 

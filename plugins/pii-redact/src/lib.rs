@@ -36,6 +36,7 @@ impl Plugin for PiiRedact {
         let mut m = manifest("pii-redact", Hooks::BEFORE_REQUEST);
         m.body_access = BodyAccess::Messages;
         m.metrics = vec!["redactions".into()];
+        m.stateless = true;
         m
     }
 

@@ -13,7 +13,9 @@ struct Rewrite;
 
 impl Plugin for Rewrite {
     fn manifest() -> Manifest {
-        manifest("rewrite", Hooks::BEFORE_REQUEST)
+        let mut m = manifest("rewrite", Hooks::BEFORE_REQUEST);
+        m.stateless = true;
+        m
     }
 
     fn init(config: String) -> Result<(), String> {

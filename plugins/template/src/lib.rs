@@ -14,6 +14,10 @@ impl Plugin for Template {
     fn manifest() -> Manifest {
         let mut m = manifest("template", Hooks::BEFORE_REQUEST);
         m.metrics = vec!["requests".into()];
+        // This plugin keeps nothing in globals between calls, so the host may run it
+        // in warm, reused instances (much faster). Remove the line if yours does keep
+        // state in globals: it then gets a fresh instance per request.
+        m.stateless = true;
         m
     }
 

@@ -262,7 +262,8 @@ pub(crate) fn cases(name: &str, smoke: bool, rounds: usize) -> Vec<Case> {
                 .unpinned(),
             ]
         }
-        // The gateway with 0, 1, 4 and 8 no-op plugins on the route: what the
+        // The gateway with 0, 1, 4 and 8 no-op plugins on the route (warm
+        // instances), and 8 with fresh instances per request: what the
         // plugin host adds per request, latency at c=1 and throughput at c=32.
         "plugins" | "usage-logging" => {
             let targets = if name == "plugins" {
@@ -272,6 +273,7 @@ pub(crate) fn cases(name: &str, smoke: bool, rounds: usize) -> Vec<Case> {
                     Kind::GatewayPlugins(1),
                     Kind::GatewayPlugins(4),
                     Kind::GatewayPlugins(8),
+                    Kind::GatewayPluginsFresh,
                 ]
             } else {
                 // Usage logging off (`--no-store`) and on, into the embedded

@@ -40,8 +40,12 @@ pub(crate) enum Kind {
     LiteLlm,
     Portkey,
     /// The gateway with this many no-op plugins (`plugins/dist/noop.wasm`) on
-    /// the route: 1, 4 or 8.
+    /// the route: 1, 4 or 8. The no-op plugin declares itself stateless, so its
+    /// hooks run in warm, reused instances.
     GatewayPlugins(u8),
+    /// The same with 8, the operator refusing reuse (`reuse_instances = false`): a
+    /// fresh instance per plugin per request, as for any plugin not stateless.
+    GatewayPluginsFresh,
     /// The gateway writing usage to its embedded SQLite file.
     GatewaySqlite,
     /// The gateway writing usage to Postgres (`--pg-url`).
@@ -59,6 +63,7 @@ impl Kind {
             Kind::GatewayPlugins(1) => "relay+1 plugin",
             Kind::GatewayPlugins(4) => "relay+4 plugins",
             Kind::GatewayPlugins(_) => "relay+8 plugins",
+            Kind::GatewayPluginsFresh => "relay+8 fresh plugins",
             Kind::GatewaySqlite => "relay+sqlite",
             Kind::GatewayPostgres => "relay+postgres",
         }
@@ -76,6 +81,7 @@ impl Kind {
             Kind::GatewayPlugins(_) => 7,
             Kind::GatewaySqlite => 8,
             Kind::GatewayPostgres => 9,
+            Kind::GatewayPluginsFresh => 10,
         }
     }
 }
@@ -172,7 +178,11 @@ pub(crate) fn start(
             });
         }
         Kind::Nginx => (start_nginx(paths, listen, upstream, cpus)?, Vec::new(), 10),
-        Kind::Gateway | Kind::GatewayPlugins(_) | Kind::GatewaySqlite | Kind::GatewayPostgres => (
+        Kind::Gateway
+        | Kind::GatewayPlugins(_)
+        | Kind::GatewayPluginsFresh
+        | Kind::GatewaySqlite
+        | Kind::GatewayPostgres => (
             start_gateway(kind, paths, listen, upstream, cpus)?,
             vec![(s("authorization"), s("Bearer rk-bench"))],
             // Plugins compile (cranelift) at start unless cached.
@@ -271,9 +281,14 @@ models = ["mock-model"]
 }
 
 /// The `[plugins]` section and the `mock-model` preset of a gateway with `n`
-/// no-op plugins on its one route.
-pub(crate) fn plugins_config(n: u8, plugin_dir: &Path, cache_dir: &Path) -> String {
+/// no-op plugins on its one route (`fresh`: instance reuse turned off).
+pub(crate) fn plugins_config(n: u8, fresh: bool, plugin_dir: &Path, cache_dir: &Path) -> String {
     let list = vec![r#"{ name = "noop" }"#; usize::from(n)].join(", ");
+    let limits = if fresh {
+        "limits = { reuse_instances = false }"
+    } else {
+        ""
+    };
     format!(
         r#"
 [plugins]
@@ -282,6 +297,7 @@ cache_dir = "{}"
 
 [[plugins.registry]]
 name = "noop"
+{limits}
 
 [[presets]]
 name = "mock-model"
@@ -306,7 +322,11 @@ fn start_gateway(
     match kind {
         // The proxy hop alone, like nginx's: usage goes to the log, not a database.
         Kind::Gateway => extra.push(s("--no-store")),
-        Kind::GatewayPlugins(n) => {
+        Kind::GatewayPlugins(_) | Kind::GatewayPluginsFresh => {
+            let (n, fresh) = match kind {
+                Kind::GatewayPlugins(n) => (n, false),
+                _ => (8, true),
+            };
             let dir = paths.root.join("plugins/dist");
             if !dir.join("noop.wasm").is_file() {
                 return Err(format!(
@@ -314,7 +334,12 @@ fn start_gateway(
                     dir.join("noop.wasm").display()
                 ));
             }
-            toml.push_str(&plugins_config(n, &dir, &paths.work.join("plugin-cache")));
+            toml.push_str(&plugins_config(
+                n,
+                fresh,
+                &dir,
+                &paths.work.join("plugin-cache"),
+            ));
             extra.push(s("--no-store"));
         }
         // The embedded default: relay-data/<config stem>.db beside the config.

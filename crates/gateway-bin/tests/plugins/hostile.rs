@@ -24,6 +24,7 @@ async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway 
         "secret",
         "allowed-secret",
         "print",
+        "count",
         "stream-loop",
     ] {
         presets.push_str(&preset(
@@ -39,12 +40,22 @@ async fn hostile_gateway(up: &MockServer, breaker_failures: u32) -> TestGateway 
             ),
         ));
     }
+    presets.push_str(&preset(
+        "fresh-count",
+        "a",
+        r#"[{ name = "hostile-open-fresh", config = { mode = "count" } }]"#,
+    ));
     presets.push_str(&preset("plain", "a", "[]"));
     gateway(&format!(
         "{}{}{}",
         plugins_section(&[
             &format!("name = \"hostile\"\n{limits}\nsecrets = {{ ALLOWED_SECRET = \"s3cr3t-value\", UPSTREAM_API_KEY = \"sk-must-not-leak\" }}"),
             &format!("name = \"hostile-open\"\n{limits}"),
+            // The same component, with the operator refusing its stateless claim.
+            &format!(
+                "name = \"hostile-open-fresh\"\npath = \"hostile-open.wasm\"\n{}",
+                limits.replace(" }", ", reuse_instances = false }")
+            ),
         ]),
         channel("a", &up.base_url(), &["m"]),
         presets,
@@ -255,4 +266,39 @@ async fn the_circuit_breaker_trips_on_repeated_failures() {
     // Other presets, and other plugins, are unaffected.
     let (r, _) = timed(&gw, &chat("plain", false)).await;
     assert_eq!(r.status, 200);
+}
+
+/// What `mode = "count"` answers: how many requests this instance's globals saw.
+async fn counts(gw: &TestGateway, model: &str, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let (r, _) = timed(gw, &chat(model, false)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        seen.push(String::from_utf8_lossy(&r.body).into_owned());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_fresh_instance_per_request_keeps_nothing_between_requests() {
+    let up = mock(tokens(3)).await;
+    let gw = hostile_gateway(&up, 100).await;
+    // `hostile` does not declare itself stateless: each request sees new globals.
+    let one = "requests seen by this instance: 1";
+    assert_eq!(counts(&gw, "closed-count", 3).await, [one, one, one]);
+    // Nor does a stateless plugin whose claim the operator refuses.
+    assert_eq!(counts(&gw, "fresh-count", 3).await, [one, one, one]);
+}
+
+#[tokio::test]
+async fn a_stateless_plugin_runs_in_a_warm_reused_instance() {
+    let up = mock(tokens(3)).await;
+    let gw = hostile_gateway(&up, 100).await;
+    // One request at a time: each call borrows the one idle instance and gives it
+    // back, so its globals (which a truly stateless plugin would not have) carry over.
+    let seen = counts(&gw, "open-count", 3).await;
+    assert_eq!(
+        seen,
+        [1, 2, 3].map(|n| format!("requests seen by this instance: {n}"))
+    );
 }
