@@ -111,24 +111,24 @@ fn redact(text: &str, kinds: Kinds) -> (String, u64) {
     let mut count = 0;
     let mut i = 0;
     while i < chars.len() {
-        if kinds.email && is_local(chars[i]) {
-            if let Some(end) = email_at(&chars, i) {
-                out.push_str("[EMAIL]");
-                count += 1;
-                i = end;
-                continue;
-            }
+        if kinds.email
+            && is_local(chars[i])
+            && let Some(end) = email_at(&chars, i)
+        {
+            out.push_str("[EMAIL]");
+            count += 1;
+            i = end;
+            continue;
         }
         if (kinds.card || kinds.phone)
             && (chars[i].is_ascii_digit() || chars[i] == '+' || chars[i] == '(')
             && (i == 0 || !chars[i - 1].is_ascii_alphanumeric())
+            && let Some((end, mask)) = number_at(&chars, i, kinds)
         {
-            if let Some((end, mask)) = number_at(&chars, i, kinds) {
-                out.push_str(mask);
-                count += 1;
-                i = end;
-                continue;
-            }
+            out.push_str(mask);
+            count += 1;
+            i = end;
+            continue;
         }
         out.push(chars[i]);
         i += 1;
@@ -224,7 +224,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 export!(PiiRedact);

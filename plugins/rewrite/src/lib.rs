@@ -35,10 +35,10 @@ impl Plugin for Rewrite {
                 return Err(format!("unknown key {key:?}"));
             }
         }
-        if let Some(h) = v.get("set_headers").and_then(Value::as_object) {
-            if h.values().any(|v| !v.is_string()) {
-                return Err("set_headers values must be strings".into());
-            }
+        if let Some(h) = v.get("set_headers").and_then(Value::as_object)
+            && h.values().any(|v| !v.is_string())
+        {
+            return Err("set_headers values must be strings".into());
         }
         Ok(())
     }
