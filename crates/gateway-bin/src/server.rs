@@ -55,6 +55,8 @@ pub struct Gateway {
     slots: Arc<tokio::sync::Semaphore>,
     /// Keys, limits, quotas and the store, when the gateway runs with a database.
     tenancy: std::sync::OnceLock<Arc<crate::tenancy::Tenancy>>,
+    /// The plugin host, when plugins are on and registered.
+    plugins: Option<relay_plugin_api::PluginHost>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -86,8 +88,9 @@ impl Gateway {
         let mut builder = Relay::builder(relay_config)
             .adapters(relay_adapters::default_registry())
             .usage_sink(Arc::new(LogSink::new(sink)));
-        if let Some(host) = config.plugins.start().map_err(StartError::Plugins)? {
-            builder = builder.plugins(Arc::new(host));
+        let plugins = config.plugins.start().map_err(StartError::Plugins)?;
+        if let Some(host) = &plugins {
+            builder = builder.plugins(Arc::new(host.clone()));
         }
         let relay = builder.build()?;
         if keys.is_empty() {
@@ -107,6 +110,7 @@ impl Gateway {
                 config.server.max_connections.max(1),
             )),
             tenancy: std::sync::OnceLock::new(),
+            plugins,
         }))
     }
 
@@ -134,6 +138,14 @@ impl Gateway {
     /// Attach the tenancy layer (keys, limits, quotas from the store); once.
     pub fn attach_tenancy(&self, tenancy: Arc<crate::tenancy::Tenancy>) {
         let _ = self.tenancy.set(tenancy);
+    }
+
+    /// The plugins' metrics in the Prometheus text format (empty without plugins).
+    pub fn plugin_metrics(&self) -> String {
+        self.plugins
+            .as_ref()
+            .map(relay_plugin_api::PluginHost::prometheus)
+            .unwrap_or_default()
     }
 
     /// The tenancy layer, when the gateway runs with a store.

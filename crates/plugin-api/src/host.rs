@@ -484,6 +484,14 @@ impl PluginHost {
         self.inner.warm_budget.idle()
     }
 
+    /// Every registered plugin's metrics, and the idle warm instances, in the
+    /// Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut plugins = self.plugins();
+        plugins.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        crate::prometheus::render(&plugins, self.warm_instances())
+    }
+
     /// Every registered plugin.
     pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {
         self.inner

@@ -28,6 +28,7 @@ mod host;
 mod kv;
 mod limits;
 mod metrics;
+mod prometheus;
 mod state;
 mod stdio;
 mod warm;

@@ -39,6 +39,8 @@ pub struct MetricsSnapshot {
     pub latency_buckets: Vec<u64>,
     /// Mean call latency, in nanoseconds.
     pub mean_latency_ns: u64,
+    /// Total call latency, in nanoseconds.
+    pub latency_ns_total: u64,
     /// Instances made (a fresh one per request, or the warm ones of a stateless
     /// plugin; `calls / instances` is the reuse).
     pub instances: u64,
@@ -119,6 +121,7 @@ impl PluginMetrics {
     /// A copy of the current values.
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         let calls = self.calls.load(Relaxed);
+        let latency_ns_total = self.latency_ns_total.load(Relaxed);
         MetricsSnapshot {
             calls,
             errors: self.errors.load(Relaxed),
@@ -127,11 +130,8 @@ impl PluginMetrics {
             logs_dropped: self.logs_dropped.load(Relaxed),
             instances: self.instances.load(Relaxed),
             latency_buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
-            mean_latency_ns: self
-                .latency_ns_total
-                .load(Relaxed)
-                .checked_div(calls)
-                .unwrap_or(0),
+            mean_latency_ns: latency_ns_total.checked_div(calls).unwrap_or(0),
+            latency_ns_total,
             counters: self
                 .declared
                 .iter()

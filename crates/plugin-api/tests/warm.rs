@@ -148,3 +148,32 @@ fn idle_instances_stay_within_half_the_allocators_slots() {
     drop(chains);
     assert_eq!(host.warm_instances(), 0, "dropped pools release the budget");
 }
+
+#[test]
+fn the_prometheus_text_counts_calls_and_instances() {
+    let host = host(16);
+    load(&host, "noop", "noop", true);
+    let item = chain(&host, "noop", "null");
+    run(&item, 3);
+    let text = host.prometheus();
+    let labels = r#"plugin="noop",version="1""#;
+    assert!(
+        text.contains(&format!("relay_plugin_calls_total{{{labels}}} 3\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("relay_plugin_instances_total{{{labels}}} 1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "relay_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("relay_plugin_circuit_open{{{labels}}} 0\n")),
+        "{text}"
+    );
+    assert!(text.contains("relay_plugin_warm_instances 1\n"), "{text}");
+}

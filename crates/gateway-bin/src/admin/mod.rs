@@ -12,7 +12,7 @@
 //! | `GET /admin/pricing`, `PUT/DELETE /admin/pricing/{model}` | prices, USD per million tokens |
 //! | `GET/POST /admin/plugins`, `DELETE /admin/plugins/{sha256}` | `.wasm` artifacts by SHA-256 (stored and listed only) |
 //! | `GET /admin/usage?group_by=key|preset|channel|model&from=&to=&key=` | usage totals and cost |
-//! | `GET /admin/audit`, `GET /admin/metrics` | audit log; writer metrics (Prometheus text) |
+//! | `GET /admin/audit`, `GET /admin/metrics` | audit log; usage writer and plugin metrics (Prometheus text) |
 
 mod error;
 pub mod ops;
@@ -481,6 +481,10 @@ async fn audit(State(s): State<AdminState>) -> Result<Json<Value>> {
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.tenancy.writer().prometheus(),
+        format!(
+            "{}{}",
+            s.tenancy.writer().prometheus(),
+            s.gateway.plugin_metrics()
+        ),
     )
 }

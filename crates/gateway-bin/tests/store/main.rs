@@ -511,3 +511,52 @@ async fn usage_report_pricing_and_plugins_through_the_admin_api() {
     );
     gw.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn plugin_metrics_are_on_the_admin_metrics_endpoint() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-plugins"))
+        .status()
+        .expect("run scripts/build-plugins");
+    assert!(status.success(), "scripts/build-plugins failed");
+    let db = databases("plugin_metrics").await.remove(0);
+    let up = mock(Behavior {
+        tokens: 3,
+        ..Behavior::default()
+    })
+    .await;
+    let config = format!(
+        "{}\n[plugins]\ndir = {:?}\ncache_dir = {:?}\n\n[[plugins.registry]]\nname = \"noop\"\nversion = \"9.9.9\"\n\n[[presets]]\nname = \"with-noop\"\n[[presets.items]]\nchannels = [\"a\"]\nmodel = \"m\"\nplugins = [{{ name = \"noop\" }}]\n",
+        config_text(&channel("a", &up.base_url(), &["m"])),
+        root.join("plugins/dist").display().to_string(),
+        root.join("target/plugin-cache").display().to_string(),
+    );
+    let gw = gateway(&db, &config).await;
+    for _ in 0..3 {
+        let r = gw.chat(STATIC_KEY, chat_body("with-noop", false, 5)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let text = gw.admin("GET", "/admin/metrics", None).await.text();
+    let labels = r#"plugin="noop",version="9.9.9""#;
+    // `before-request` and `after-response` for each of the 3 requests.
+    assert!(
+        text.contains(&format!("relay_plugin_calls_total{{{labels}}} 6\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("relay_plugin_errors_total{{{labels}}} 0\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "relay_plugin_call_duration_seconds_count{{{labels}}} 6\n"
+        )),
+        "{text}"
+    );
+    // noop is stateless: its one warm instance is idle between requests.
+    assert!(text.contains("relay_plugin_warm_instances 1\n"), "{text}");
+    // The usage writer's metrics are still there.
+    assert!(text.contains("relay_usage_dropped_total 0"), "{text}");
+    gw.running.shutdown().await;
+}
