@@ -77,6 +77,14 @@ fn run(chain: &ItemChain, n: usize) {
     }
 }
 
+/// Instances `name` makes for `n` requests through a new chain with `config`.
+fn instances_for(host: &PluginHost, name: &str, config: &str, n: usize) -> u64 {
+    let plugin = host.get(name, None).unwrap();
+    let before = plugin.metrics().instances;
+    run(&chain(host, name, config), n);
+    plugin.metrics().instances - before
+}
+
 #[test]
 fn a_stateless_plugin_reuses_one_warm_instance_across_requests() {
     let host = host(16);
@@ -100,17 +108,10 @@ fn fresh_instances_when_the_plugin_is_not_stateless_or_reuse_is_refused() {
     let host = host(16);
     load(&host, "noop-fresh", "noop", false);
     load(&host, "hostile", "hostile", true);
-    let refused = host.get("noop-fresh", None).unwrap();
-    assert!(!refused.reuses_instances());
-    let before = refused.metrics().instances;
-    run(&chain(&host, "noop-fresh", "null"), 5);
-    assert_eq!(refused.metrics().instances - before, 5);
-
-    let hostile = host.get("hostile", None).unwrap();
-    assert!(!hostile.manifest.stateless);
-    let before = hostile.metrics().instances;
-    run(&chain(&host, "hostile", r#"{"mode":"ok"}"#), 5);
-    assert_eq!(hostile.metrics().instances - before, 5);
+    assert!(!host.get("noop-fresh", None).unwrap().reuses_instances());
+    assert_eq!(instances_for(&host, "noop-fresh", "null", 5), 5);
+    assert!(!host.get("hostile", None).unwrap().manifest.stateless);
+    assert_eq!(instances_for(&host, "hostile", r#"{"mode":"ok"}"#, 5), 5);
     assert_eq!(host.warm_instances(), 0);
 }
 
@@ -121,11 +122,12 @@ fn a_failed_instance_is_never_given_back() {
     load(&host, "hostile-open", "hostile-open", true);
     let plugin = host.get("hostile-open", None).unwrap();
     assert!(plugin.reuses_instances());
-    let before = plugin.metrics().instances;
-    run(&chain(&host, "hostile-open", r#"{"mode":"panic"}"#), 4);
-    let m = plugin.metrics();
-    assert_eq!(m.errors, 4);
-    assert_eq!(m.instances - before, 4, "each trapped instance was dropped");
+    assert_eq!(
+        instances_for(&host, "hostile-open", r#"{"mode":"panic"}"#, 4),
+        4,
+        "each trapped instance was dropped"
+    );
+    assert_eq!(plugin.metrics().errors, 4);
     assert_eq!(host.warm_instances(), 0);
 }
 
@@ -156,24 +158,13 @@ fn the_prometheus_text_counts_calls_and_instances() {
     let item = chain(&host, "noop", "null");
     run(&item, 3);
     let text = host.prometheus();
+    let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}: {text}");
     let labels = r#"plugin="noop",version="1""#;
-    assert!(
-        text.contains(&format!("relay_plugin_calls_total{{{labels}}} 3\n")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("relay_plugin_instances_total{{{labels}}} 1\n")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "relay_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3\n"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("relay_plugin_circuit_open{{{labels}}} 0\n")),
-        "{text}"
-    );
-    assert!(text.contains("relay_plugin_warm_instances 1\n"), "{text}");
+    has(&format!("relay_plugin_calls_total{{{labels}}} 3"));
+    has(&format!("relay_plugin_instances_total{{{labels}}} 1"));
+    has(&format!(
+        "relay_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3"
+    ));
+    has(&format!("relay_plugin_circuit_open{{{labels}}} 0"));
+    has("relay_plugin_warm_instances 1");
 }

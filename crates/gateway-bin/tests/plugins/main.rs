@@ -13,34 +13,16 @@
 #[path = "../relay/support.rs"]
 mod support;
 
+mod dist;
 mod examples;
 mod hostile;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+pub use dist::{plugin_dir, root};
+
 use std::time::{Duration, Instant};
 
 use relay_mock::{Behavior, MockServer};
 use support::*;
-
-/// The repository root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Build the guest plugins once per test run (`scripts/build-plugins`), and return
-/// the directory of the components.
-pub fn plugin_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let status = std::process::Command::new("bash")
-            .arg(root().join("scripts/build-plugins"))
-            .status()
-            .expect("run scripts/build-plugins");
-        assert!(status.success(), "scripts/build-plugins failed");
-        root().join("plugins/dist")
-    })
-}
 
 /// The `[plugins]` section for these registry entries (TOML snippets, one per
 /// plugin, each the body of a `[[plugins.registry]]` table).

@@ -7,6 +7,8 @@
     unreachable_pub
 )]
 
+#[path = "../plugins/dist.rs"]
+mod dist;
 mod support;
 
 use std::collections::HashMap;
@@ -514,12 +516,7 @@ async fn usage_report_pricing_and_plugins_through_the_admin_api() {
 
 #[tokio::test]
 async fn plugin_metrics_are_on_the_admin_metrics_endpoint() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let status = std::process::Command::new("bash")
-        .arg(root.join("scripts/build-plugins"))
-        .status()
-        .expect("run scripts/build-plugins");
-    assert!(status.success(), "scripts/build-plugins failed");
+    let dir = dist::plugin_dir();
     let db = databases("plugin_metrics").await.remove(0);
     let up = mock(Behavior {
         tokens: 3,
@@ -529,8 +526,11 @@ async fn plugin_metrics_are_on_the_admin_metrics_endpoint() {
     let config = format!(
         "{}\n[plugins]\ndir = {:?}\ncache_dir = {:?}\n\n[[plugins.registry]]\nname = \"noop\"\nversion = \"9.9.9\"\n\n[[presets]]\nname = \"with-noop\"\n[[presets.items]]\nchannels = [\"a\"]\nmodel = \"m\"\nplugins = [{{ name = \"noop\" }}]\n",
         config_text(&channel("a", &up.base_url(), &["m"])),
-        root.join("plugins/dist").display().to_string(),
-        root.join("target/plugin-cache").display().to_string(),
+        dir.display().to_string(),
+        dist::root()
+            .join("target/plugin-cache")
+            .display()
+            .to_string(),
     );
     let gw = gateway(&db, &config).await;
     for _ in 0..3 {
@@ -538,25 +538,17 @@ async fn plugin_metrics_are_on_the_admin_metrics_endpoint() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let text = gw.admin("GET", "/admin/metrics", None).await.text();
+    let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}: {text}");
     let labels = r#"plugin="noop",version="9.9.9""#;
     // `before-request` and `after-response` for each of the 3 requests.
-    assert!(
-        text.contains(&format!("relay_plugin_calls_total{{{labels}}} 6\n")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("relay_plugin_errors_total{{{labels}}} 0\n")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "relay_plugin_call_duration_seconds_count{{{labels}}} 6\n"
-        )),
-        "{text}"
-    );
+    has(&format!("relay_plugin_calls_total{{{labels}}} 6"));
+    has(&format!("relay_plugin_errors_total{{{labels}}} 0"));
+    has(&format!(
+        "relay_plugin_call_duration_seconds_count{{{labels}}} 6"
+    ));
     // noop is stateless: its one warm instance is idle between requests.
-    assert!(text.contains("relay_plugin_warm_instances 1\n"), "{text}");
+    has("relay_plugin_warm_instances 1");
     // The usage writer's metrics are still there.
-    assert!(text.contains("relay_usage_dropped_total 0"), "{text}");
+    has("relay_usage_dropped_total 0");
     gw.running.shutdown().await;
 }
