@@ -34,6 +34,59 @@ pub struct GatewayConfig {
     /// WebAssembly plugins: registry, limits, cache, kill switch.
     #[serde(default)]
     pub plugins: crate::plugins::PluginsConfig,
+    /// Store upkeep: replica heartbeats and the reconciliation of quota holds left by
+    /// gateway processes that died (used only with a store).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Store upkeep, run in the background by every gateway process with a store. Each
+/// process (replica) upserts its `replicas` row every `heartbeat_interval_ms`; every
+/// `reconcile_interval_ms` it releases the quota holds of replicas not seen for
+/// `replica_stale_after_ms` (a crashed process's reservations). Applied at start and on
+/// SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How often this process says it is alive.
+    pub heartbeat_interval_ms: u64,
+    /// A replica not seen for this long is gone, and its holds (once this old) are
+    /// released. At least twice `heartbeat_interval_ms`; keep it well above the clock
+    /// skew between hosts.
+    pub replica_stale_after_ms: u64,
+    /// How often this process looks for the holds of gone replicas.
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            heartbeat_interval_ms: 10_000,
+            replica_stale_after_ms: 60_000,
+            reconcile_interval_ms: 30_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The problems of these settings (empty when they make sense).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.heartbeat_interval_ms == 0 || self.reconcile_interval_ms == 0 {
+            problems.push(
+                "store.heartbeat_interval_ms and store.reconcile_interval_ms must be above 0"
+                    .to_owned(),
+            );
+        }
+        if self.replica_stale_after_ms < self.heartbeat_interval_ms.saturating_mul(2) {
+            problems.push(format!(
+                "store.replica_stale_after_ms ({}) must be at least twice \
+                 store.heartbeat_interval_ms ({}), or live replicas would look gone",
+                self.replica_stale_after_ms, self.heartbeat_interval_ms
+            ));
+        }
+        problems
+    }
 }
 
 /// Listener and request limits.
@@ -120,9 +173,15 @@ impl GatewayConfig {
         })
     }
 
-    /// Parse TOML text.
+    /// Parse TOML text; settings that cannot work together are refused here.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: GatewayConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let problems = config.store.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// The relay-core part.
@@ -133,5 +192,37 @@ impl GatewayConfig {
             defaults: self.defaults.clone(),
             upstream: self.upstream.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_upkeep_defaults_and_refusals() {
+        let config = GatewayConfig::parse("").unwrap();
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(
+            (
+                config.store.heartbeat_interval_ms,
+                config.store.replica_stale_after_ms,
+                config.store.reconcile_interval_ms
+            ),
+            (10_000, 60_000, 30_000)
+        );
+        let short = GatewayConfig::parse(
+            "[store]\nheartbeat_interval_ms = 200\nreplica_stale_after_ms = 1500\nreconcile_interval_ms = 300\n",
+        )
+        .unwrap();
+        assert_eq!(short.store.replica_stale_after_ms, 1500);
+        let err = GatewayConfig::parse(
+            "[store]\nheartbeat_interval_ms = 1000\nreplica_stale_after_ms = 1500\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("replica_stale_after_ms"), "{err}");
+        let err = GatewayConfig::parse("[store]\nreconcile_interval_ms = 0\n").unwrap_err();
+        assert!(err.contains("above 0"), "{err}");
+        assert!(GatewayConfig::parse("[store]\nheartbeat_ms = 5\n").is_err());
     }
 }

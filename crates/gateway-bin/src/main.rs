@@ -280,6 +280,7 @@ async fn serve(
         {
             tracing::error!("usage writer did not flush within 15 s");
         }
+        t.retire().await;
     }
     served?;
     joined.map(|_| ())

@@ -6,7 +6,9 @@
 //! - [`store`]: the [`Store`] trait and its two implementations, [`PostgresStore`] and
 //!   [`SqliteStore`] (native sqlx drivers, runtime queries,
 //!   per-backend migrations applied under a lock), with channels, presets, API keys,
-//!   usage, the quota ledger, pricing, plugins and the audit log;
+//!   usage, quota holds (one row per reservation, released by settlement, by release,
+//!   or by the reconciliation of replicas that stopped heartbeating), the quota ledger,
+//!   pricing, plugins and the audit log;
 //! - [`writer`]: the [`UsageWriter`], a `UsageSink` that batches rows into the store,
 //!   retries, spills to a local append-only file while the database is away and replays
 //!   it after, idempotent on request id;
@@ -24,7 +26,8 @@ pub mod writer;
 pub use crypto::MasterKey;
 pub use model::{KeyRecord, Owner, Price, Quota, QuotaHold, QuotaKind, UsageGroup, UsageRow};
 pub use store::{
-    Backend, PostgresStore, Reservation, Seed, SharedStore, SqliteStore, Store, backend_of, connect,
+    Backend, PostgresStore, Reconciled, Reservation, Seed, SharedStore, SqliteStore, Store,
+    backend_of, connect,
 };
 pub use writer::{UsageWriter, WriterConfig, WriterMetrics};
 

@@ -192,8 +192,14 @@ pub struct QuotaHold {
     /// What the key's quota counts.
     pub kind: QuotaKind,
     /// The amount reserved in the database (0 when the reservation was made in process
-    /// while the database was unreachable).
+    /// while the database was unreachable). For a tracked hold this is informational:
+    /// settlement releases what the hold's `quota_holds` row holds, if it still exists.
     pub reserved: i64,
+    /// Whether the reservation is tracked by a `quota_holds` row, as every hold this
+    /// version makes is. False only for rows spilled by an older gateway (the field is
+    /// missing there): they settle the old way, `quota_reserved -= reserved`.
+    #[serde(default)]
+    pub tracked: bool,
 }
 
 /// One usage row: a settlement record plus its cost and quota hold.

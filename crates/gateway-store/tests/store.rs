@@ -34,6 +34,22 @@ async fn stores(test: &str) -> Vec<SharedStore> {
     out
 }
 
+/// A second connection to the store's database, for assertions in raw SQL.
+async fn raw(store: &SharedStore) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(store.url())
+        .await
+        .unwrap()
+}
+
+/// One BIGINT from a query.
+async fn scalar(sql: &sqlx::AnyPool, query: &str) -> i64 {
+    let (v,): (i64,) = sqlx::query_as(query).fetch_one(sql).await.unwrap();
+    v
+}
+
 fn quota_key(id: &str, limit: i64) -> KeyRecord {
     let mut k = KeyRecord::new(id, format!("{:064x}", rand::random::<u128>()), Owner::Admin);
     k.quota = Some(Quota {
@@ -52,10 +68,12 @@ async fn quota_race_grants_exactly_what_fits() {
             .await
             .unwrap();
         let mut tasks = Vec::new();
-        for _ in 0..40 {
+        for i in 0..40 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                s.reserve("racer", 100).await.unwrap()
+                s.reserve("racer", 100, &format!("race-{i}"), "rep_a")
+                    .await
+                    .unwrap()
             }));
         }
         let mut granted = 0;
@@ -67,6 +85,16 @@ async fn quota_race_grants_exactly_what_fits() {
         assert_eq!(granted, 7, "{:?}", store.backend());
         let k = store.key("racer").await.unwrap().unwrap();
         assert_eq!((k.quota_used, k.quota_reserved), (0, 700));
+        // One hold row per granted reservation, and only for those.
+        let sql = raw(&store).await;
+        assert_eq!(
+            scalar(&sql, "SELECT CAST(COUNT(*) AS BIGINT) FROM quota_holds").await,
+            7
+        );
+        assert_eq!(
+            scalar(&sql, "SELECT CAST(SUM(amount) AS BIGINT) FROM quota_holds").await,
+            700
+        );
     }
 }
 
@@ -105,7 +133,7 @@ async fn usage_is_idempotent_and_settles_quota_once() {
             .await
             .unwrap();
         assert!(matches!(
-            store.reserve("k", 3000).await.unwrap(),
+            store.reserve("k", 3000, "req-1", "rep_a").await.unwrap(),
             Reservation::Granted { .. }
         ));
         let prices: PriceTable = Arc::default();
@@ -115,6 +143,7 @@ async fn usage_is_idempotent_and_settles_quota_once() {
         let hold = Some(QuotaHold {
             kind: QuotaKind::Tokens,
             reserved: 3000,
+            tracked: true,
         });
         let row = relay_store::writer::to_row(record("req-1", "k"), hold, &prices.load());
         // 800 × 2 + 200 × 0.5 + 500 × 8 = 5700 micro-USD.
@@ -235,5 +264,278 @@ async fn concurrent_migrations_are_safe() {
         }
     } else {
         skip_postgres("concurrent_migrations_are_safe");
+    }
+}
+
+/// `(quota_used, quota_reserved)` of a key.
+async fn balance(store: &SharedStore, key: &str) -> (i64, i64) {
+    let k = store.key(key).await.unwrap().unwrap();
+    (k.quota_used, k.quota_reserved)
+}
+
+async fn granted(store: &SharedStore, key: &str, amount: i64, request: &str, replica: &str) {
+    assert!(
+        matches!(
+            store.reserve(key, amount, request, replica).await.unwrap(),
+            Reservation::Granted { .. }
+        ),
+        "{request}"
+    );
+}
+
+/// A tracked hold of `reserved` tokens on a usage row of 1000 + 500 tokens.
+fn settled_row(id: &str, key: &str, reserved: i64) -> relay_store::UsageRow {
+    let hold = Some(QuotaHold {
+        kind: QuotaKind::Tokens,
+        reserved,
+        tracked: true,
+    });
+    relay_store::writer::to_row(record(id, key), hold, &Default::default())
+}
+
+#[tokio::test]
+async fn holds_of_a_gone_replica_are_reconciled_once_and_a_late_settle_is_exact() {
+    for store in stores("reconcile").await {
+        let b = format!("{:?}", store.backend());
+        let sql = raw(&store).await;
+        store
+            .create_key(&quota_key("k", 10_000), "test")
+            .await
+            .unwrap();
+        // Replica A reserves, then stops heartbeating; replica B stays alive and
+        // reserves after the staleness limit.
+        store.heartbeat("rep_a", 1).await.unwrap();
+        granted(&store, "k", 3000, "req-a", "rep_a").await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let stale_before = relay_store::now_ms();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store.heartbeat("rep_b", 1).await.unwrap();
+        granted(&store, "k", 2000, "req-b", "rep_b").await;
+        assert_eq!(balance(&store, "k").await, (0, 5000), "{b}");
+
+        // A's hold goes back, B's is untouched; A's replica row (nothing held) goes.
+        let done = store.reconcile_holds(stale_before).await.unwrap();
+        assert_eq!(
+            done,
+            relay_store::Reconciled {
+                holds: 1,
+                released: 3000,
+                replicas_removed: 1
+            },
+            "{b}"
+        );
+        assert_eq!(balance(&store, "k").await, (0, 2000), "{b}");
+        let (ledger_key, released, note): (String, i64, String) = sqlx::query_as(
+            "SELECT key_id, released, note FROM quota_ledger WHERE note LIKE 'released: replica gone%'",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        assert_eq!((ledger_key.as_str(), released), ("k", 3000), "{b}");
+        assert!(
+            note.contains("req-a") && note.contains("rep_a"),
+            "{b}: {note}"
+        );
+        let (holder,): (String,) = sqlx::query_as("SELECT request_id FROM quota_holds")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(holder, "req-b", "{b}");
+        let (replica,): (String,) = sqlx::query_as("SELECT id FROM replicas")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(replica, "rep_b", "{b}");
+
+        // Again: nothing more to do.
+        assert_eq!(
+            store.reconcile_holds(stale_before).await.unwrap(),
+            relay_store::Reconciled::default(),
+            "{b}"
+        );
+        assert_eq!(balance(&store, "k").await, (0, 2000), "{b}");
+
+        // A's usage row arrives late (a spill replay): charged once, releases nothing,
+        // and B's reservation stays whole.
+        assert_eq!(
+            store
+                .insert_usage(&[settled_row("req-a", "k", 3000)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(balance(&store, "k").await, (1500, 2000), "{b}");
+        let (charged, released): (i64, i64) =
+            sqlx::query_as("SELECT charged, released FROM quota_ledger WHERE request_id = 'req-a'")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+        assert_eq!((charged, released), (1500, 0), "{b}");
+        // Replayed once more: no second charge.
+        assert_eq!(
+            store
+                .insert_usage(&[settled_row("req-a", "k", 3000)])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(balance(&store, "k").await, (1500, 2000), "{b}");
+
+        // B settles normally: its own 2000 comes off, nothing else.
+        store
+            .insert_usage(&[settled_row("req-b", "k", 2000)])
+            .await
+            .unwrap();
+        assert_eq!(balance(&store, "k").await, (3000, 0), "{b}");
+        assert_eq!(
+            scalar(&sql, "SELECT CAST(COUNT(*) AS BIGINT) FROM quota_holds").await,
+            0,
+            "{b}"
+        );
+
+        // Release by request id takes exactly that hold, once.
+        granted(&store, "k", 400, "req-c", "rep_b").await;
+        granted(&store, "k", 600, "req-d", "rep_b").await;
+        assert_eq!(store.release("req-c").await.unwrap(), 400, "{b}");
+        assert_eq!(store.release("req-c").await.unwrap(), 0, "{b}");
+        assert_eq!(balance(&store, "k").await, (3000, 600), "{b}");
+
+        // A retired replica's row is gone; its holds are reconcilable once old enough.
+        store.retire_replica("rep_b").await.unwrap();
+        assert_eq!(
+            scalar(&sql, "SELECT CAST(COUNT(*) AS BIGINT) FROM replicas").await,
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            store
+                .reconcile_holds(relay_store::now_ms() + 1)
+                .await
+                .unwrap()
+                .holds,
+            1,
+            "{b}"
+        );
+        assert_eq!(balance(&store, "k").await, (3000, 0), "{b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reconcilers_release_each_hold_once() {
+    for store in stores("reconcile_race").await {
+        let b = format!("{:?}", store.backend());
+        store
+            .create_key(&quota_key("k", 100_000), "test")
+            .await
+            .unwrap();
+        store.heartbeat("rep_live", 1).await.unwrap();
+        // 60 holds of a replica that never heartbeat (no row at all), and 5 of a live one.
+        for i in 0..60 {
+            granted(&store, "k", 10 + i, &format!("gone-{i:02}"), "rep_gone").await;
+        }
+        let gone: i64 = (0..60).map(|i| 10 + i).sum();
+        for i in 0..5 {
+            granted(&store, "k", 1000, &format!("live-{i}"), "rep_live").await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let stale_before = relay_store::now_ms();
+        store.heartbeat("rep_live", 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.reconcile_holds(stale_before).await.unwrap()
+            }));
+        }
+        let (mut holds, mut released) = (0, 0);
+        for t in tasks {
+            let done = t.await.unwrap();
+            holds += done.holds;
+            released += done.released;
+        }
+        assert_eq!((holds, released), (60, gone), "{b}");
+        assert_eq!(balance(&store, "k").await, (0, 5000), "{b}");
+        let sql = raw(&store).await;
+        assert_eq!(
+            scalar(
+                &sql,
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM quota_ledger WHERE note LIKE 'released: replica gone%'"
+            )
+            .await,
+            60,
+            "{b}"
+        );
+        assert_eq!(
+            scalar(
+                &sql,
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM quota_holds WHERE replica = 'rep_live'"
+            )
+            .await,
+            5,
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_spilled_by_an_older_gateway_settle_the_old_way() {
+    for store in stores("legacy_hold").await {
+        store
+            .create_key(&quota_key("k", 10_000), "test")
+            .await
+            .unwrap();
+        // A reservation made before quota holds existed: reserved, no hold row.
+        let sql = raw(&store).await;
+        sqlx::query("UPDATE api_keys SET quota_reserved = 3000 WHERE id = 'k'")
+            .execute(&sql)
+            .await
+            .unwrap();
+        // Its spill line has no `tracked` field.
+        let mut row = serde_json::to_value(settled_row("old", "k", 3000)).unwrap();
+        row["hold"].as_object_mut().unwrap().remove("tracked");
+        let row: relay_store::UsageRow = serde_json::from_value(row).unwrap();
+        assert!(!row.hold.unwrap().tracked);
+        store.insert_usage(&[row]).await.unwrap();
+        assert_eq!(balance(&store, "k").await, (1500, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_database_deployed_with_the_first_migration_upgrades() {
+    let mut dbs = vec![fresh_sqlite("upgrade").display().to_string()];
+    match postgres_base_url() {
+        Some(base) => dbs.push(fresh_postgres(&base, "relay_store_upgrade").await.unwrap()),
+        None => skip_postgres("a_database_deployed_with_the_first_migration_upgrades"),
+    }
+    for url in dbs {
+        let store = relay_store::connect(&url, 2).await.unwrap();
+        // What an older gateway applied: 0001 alone, same description and checksum.
+        let init = match store.backend() {
+            relay_store::Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+            relay_store::Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        };
+        let old = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(vec![sqlx::migrate::Migration::new(
+                1,
+                "init".into(),
+                sqlx::migrate::MigrationType::Simple,
+                init.into(),
+                false,
+            )]),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let sql = raw(&store).await;
+        old.run(&sql).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .create_key(&quota_key("k", 100), "test")
+            .await
+            .unwrap();
+        granted(&store, "k", 60, "req", "rep").await;
+        assert_eq!(
+            scalar(&sql, "SELECT CAST(COUNT(*) AS BIGINT) FROM quota_holds").await,
+            1,
+            "{url}"
+        );
     }
 }

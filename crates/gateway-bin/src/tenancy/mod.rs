@@ -6,15 +6,21 @@
 //! 1. [`Tenancy::authenticate`]: the in-memory [`KeyCache`] (no database read);
 //! 2. [`Tenancy::admit`]: allowed presets and models (403), RPM/TPM (429 with
 //!    Retry-After), then, for keys with a quota only, the reservation: one conditional
-//!    `UPDATE` with a short deadline. When the store is unreachable (or the writer saw it
-//!    fail), the reservation is made in process against the cached balance instead, so
-//!    an outage never refuses every key;
+//!    `UPDATE` and its `quota_holds` row, in one transaction with a short deadline.
+//!    When the store is unreachable (or the writer saw it fail), the reservation is made
+//!    in process against the cached balance instead, so an outage never refuses every
+//!    key;
 //! 3. settlement: relay-core hands the one usage record to [`Tenancy`] (a `UsageSink`),
 //!    which charges TPM and passes the record with its quota hold to the writer; the
 //!    writer settles the hold in the same transaction that inserts the usage row.
+//!
+//! Every reservation made in the store has a `quota_holds` row naming this process's
+//! replica id; [`upkeep`] keeps the replica's heartbeat fresh and releases the holds of
+//! replicas that stopped heartbeating (a process killed between reserve and settle).
 
 pub mod reload;
 pub mod start;
+pub mod upkeep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +58,8 @@ struct Hold {
 /// Keys, limits, quotas and the store of a gateway.
 pub struct Tenancy {
     store: SharedStore,
+    /// This process in the store's `replicas` table; its holds name it.
+    replica: upkeep::Replica,
     writer: Arc<UsageWriter>,
     keys: ArcSwap<KeyCache>,
     prices: PriceTable,
@@ -66,6 +74,7 @@ impl std::fmt::Debug for Tenancy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tenancy")
             .field("store", &self.store)
+            .field("replica", &self.replica.id)
             .finish()
     }
 }
@@ -78,6 +87,11 @@ impl Tenancy {
     /// The store.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// This process's replica id (its quota holds name it).
+    pub fn replica_id(&self) -> &str {
+        &self.replica.id
     }
 
     /// The usage writer.
@@ -163,7 +177,7 @@ impl Tenancy {
             return Ok(());
         };
         let amount = self.reservation_amount(quota.kind, inbound);
-        let hold = self.reserve(entry, quota.kind, amount).await?;
+        let hold = self.reserve(entry, quota.kind, amount, request_id).await?;
         self.holds.lock().insert(request_id.to_owned(), hold);
         self.hold_count.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -194,12 +208,14 @@ impl Tenancy {
         }
     }
 
-    /// Reserve in the store (one statement, short deadline), else in process.
+    /// Reserve in the store (one transaction: the conditional statement and the hold
+    /// row; short deadline), else in process.
     async fn reserve(
         &self,
         entry: &Arc<KeyEntry>,
         kind: QuotaKind,
         amount: i64,
+        request_id: &str,
     ) -> Result<Hold, RelayError> {
         let exhausted = || {
             RelayError::new(
@@ -215,13 +231,13 @@ impl Tenancy {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let store = self.store.clone();
             let key = entry.record.id.clone();
+            let request = request_id.to_owned();
+            let replica = self.replica.id.clone();
             tokio::spawn(async move {
-                let result = store.reserve(&key, amount).await;
+                let result = store.reserve(&key, amount, &request, &replica).await;
                 if let (Err(Ok(Reservation::Granted { .. })), true) = (tx.send(result), amount > 0)
                 {
-                    if let Err(e) = store.release(&key, amount).await {
-                        tracing::warn!(key = %key, error = %e, "releasing an abandoned reservation failed");
-                    }
+                    release_abandoned(&store, &request).await;
                 }
             });
             match tokio::time::timeout(RESERVE_TIMEOUT, rx).await {
@@ -272,6 +288,25 @@ impl Tenancy {
     }
 }
 
+/// Attempts at releasing an abandoned reservation before leaving it to settlement.
+const ABANDONED_RELEASE_ATTEMPTS: u32 = 3;
+
+/// Release the hold of a reservation that committed after the request stopped waiting
+/// for it, by request id, retrying a little: this process is alive, so the reconciler
+/// would not release it. (Settlement of the request's usage row deletes the hold as
+/// well, if it comes after the hold committed.)
+async fn release_abandoned(store: &SharedStore, request_id: &str) {
+    for attempt in 1..=ABANDONED_RELEASE_ATTEMPTS {
+        match store.release(request_id).await {
+            Ok(_) => return,
+            Err(e) if attempt == ABANDONED_RELEASE_ATTEMPTS => {
+                tracing::warn!(request_id, error = %e, "releasing an abandoned reservation failed");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await,
+        }
+    }
+}
+
 impl UsageSink for Tenancy {
     fn record(&self, record: UsageRecord) {
         let hold = if self.hold_count.load(Ordering::Relaxed) > 0 {
@@ -312,9 +347,13 @@ impl UsageSink for Tenancy {
                     .local_outstanding
                     .fetch_sub(h.local, Ordering::Relaxed);
             }
+            // Tracked even when reserved in process: a store reservation that timed out
+            // and committed late is released by settlement if the abandoned release
+            // has not run yet.
             QuotaHold {
                 kind: h.kind,
                 reserved: h.db,
+                tracked: true,
             }
         });
         self.writer.enqueue(record, quota_hold);

@@ -1,6 +1,7 @@
 //! Starting a gateway with a store: connect, migrate, seed from the config file, load
-//! keys and prices, start the usage writer, build the gateway, watch for changes, and
-//! open the admin listener.
+//! keys and prices, start the usage writer, build the gateway, watch for changes, start
+//! the replica heartbeat and hold reconciler ([`super::upkeep`]), and open the admin
+//! listener.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,7 @@ pub async fn start(config: &GatewayConfig, opts: &StoreOptions) -> Result<Starte
     );
     let tenancy = Arc::new(Tenancy {
         store,
+        replica: super::upkeep::Replica::new(),
         writer,
         keys: ArcSwap::from_pointee(KeyCache::default()),
         prices,
@@ -151,8 +153,13 @@ pub async fn start(config: &GatewayConfig, opts: &StoreOptions) -> Result<Starte
         .map_err(|e| e.to_string())?;
     gateway.attach_tenancy(tenancy.clone());
     tenancy.spawn_watcher(gateway.clone());
+    // Alive before the first reservation names this replica; then heartbeat and
+    // reconcile the holds of gone replicas in the background.
+    tenancy.heartbeat().await?;
+    tenancy.spawn_upkeep();
     tracing::info!(
         backend = ?tenancy.store.backend(),
+        replica = %tenancy.replica.id,
         keys = tenancy.keys().len(),
         "store ready"
     );

@@ -552,3 +552,155 @@ async fn plugin_metrics_are_on_the_admin_metrics_endpoint() {
     has("relay_usage_dropped_total 0");
     gw.running.shutdown().await;
 }
+
+/// `(quota_reserved, hold rows, hold amount)` of a key, read straight from the database.
+async fn held(sql: &sqlx::AnyPool, key: &str) -> (i64, i64, i64) {
+    let (reserved,): (i64,) = sqlx::query_as("SELECT quota_reserved FROM api_keys WHERE id = $1")
+        .bind(key)
+        .fetch_one(sql)
+        .await
+        .unwrap();
+    let (rows, amount): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM quota_holds WHERE key_id = $1",
+    )
+    .bind(key)
+    .fetch_one(sql)
+    .await
+    .unwrap();
+    (reserved, rows, amount)
+}
+
+#[tokio::test]
+async fn a_killed_gateways_quota_hold_is_released_by_the_next_one() {
+    for db in databases("crash_reconcile").await {
+        let name = db.name;
+        // A stream of 20 s: its hold is outstanding while it runs.
+        let up = mock(Behavior {
+            tokens: 400,
+            chunk_interval: Duration::from_millis(50),
+            ..Behavior::default()
+        })
+        .await;
+        let dir = std::env::temp_dir().join(format!(
+            "relay-gw-crash-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "{}[store]\nheartbeat_interval_ms = 200\nreplica_stale_after_ms = 1500\nreconcile_interval_ms = 300\n",
+                config_text(&channel("a", &up.base_url(), &["m"]))
+            ),
+        )
+        .unwrap();
+
+        // A key whose whole quota is exactly what one `full` request reserves.
+        let stream_body = chat_body("m", true, 500);
+        let full_body = chat_body("m", false, 1000);
+        let (per_stream, limit) = (
+            reservation(&stream_body, 500),
+            reservation(&full_body, 1000),
+        );
+        let store = relay_store::connect(&db.url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let generated = relay_store::keys::generate();
+        let mut record = relay_store::KeyRecord::new(
+            "metered",
+            generated.sha256.clone(),
+            relay_store::Owner::Admin,
+        );
+        record.prefix = Some(generated.prefix.clone());
+        record.quota = Some(relay_store::Quota {
+            kind: relay_store::QuotaKind::Tokens,
+            limit,
+        });
+        store.create_key(&record, "test").await.unwrap();
+        let key = generated.clear;
+        sqlx::any::install_default_drivers();
+        let sql = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(store.url())
+            .await
+            .unwrap();
+
+        // Gateway A serves a slow stream for the key.
+        let mut a = GatewayProcess::start(&config_path, &db).await;
+        let client = client();
+        let req = http::Request::post(format!("{}/v1/chat/completions", a.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(stream_body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        let mut stream = resp.into_body();
+        stream.frame().await.unwrap().unwrap();
+        assert_eq!(
+            held(&sql, "metered").await,
+            (per_stream, 1, per_stream),
+            "{name}"
+        );
+        // A is alive and reconciles every 300 ms: after more than the staleness limit
+        // its own hold is still there, and the key cannot reserve its whole quota.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            held(&sql, "metered").await,
+            (per_stream, 1, per_stream),
+            "{name}"
+        );
+        let r = chat_at(&client, &a.url, &key, full_body.clone()).await;
+        assert_eq!(r.status, 429, "{name}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "insufficient_quota", "{name}");
+
+        // kill -9 mid-stream: nothing settles or releases the hold.
+        a.kill_9().await;
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            held(&sql, "metered").await,
+            (per_stream, 1, per_stream),
+            "{name}"
+        );
+
+        // Gateway B on the same database releases it once A's row is stale.
+        let mut b = GatewayProcess::start(&config_path, &db).await;
+        let until = Instant::now() + Duration::from_secs(20);
+        while held(&sql, "metered").await != (0, 0, 0) {
+            assert!(
+                Instant::now() < until,
+                "{name}: the hold was not released: {:?}",
+                held(&sql, "metered").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (ledger_rows, released): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(released), 0) AS BIGINT) FROM quota_ledger \
+             WHERE key_id = 'metered' AND note LIKE 'released: replica gone%'",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        assert_eq!((ledger_rows, released), (1, per_stream), "{name}");
+        let k = store.key("metered").await.unwrap().unwrap();
+        assert_eq!((k.quota_used, k.quota_reserved), (0, 0), "{name}");
+
+        // The whole quota is usable again (B refreshes its cached balance by itself,
+        // but reserves in the database anyway).
+        let r = chat_at(&client, &b.url, &key, full_body).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+
+        // A graceful stop settles B's request and removes B's replica row; A's was
+        // removed by B's reconciler.
+        b.terminate().await;
+        let k = store.key("metered").await.unwrap().unwrap();
+        assert!(k.quota_used > 0 && k.quota_reserved == 0, "{name}: {k:?}");
+        let (replicas,): (i64,) = sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM replicas")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(replicas, 0, "{name}");
+    }
+}

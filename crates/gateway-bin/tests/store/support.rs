@@ -211,3 +211,84 @@ impl Gw {
             .unwrap()
     }
 }
+
+/// A `relay-gateway serve` process (the real binary) on `db`, listening on a free
+/// loopback port; killed when dropped.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl GatewayProcess {
+    /// Start it with this config file and wait until `/healthz` answers.
+    pub async fn start(config_path: &std::path::Path, db: &Db) -> GatewayProcess {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay-gateway"))
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &db.url,
+                "--workers",
+                "1",
+            ])
+            .env("RELAY_MASTER_KEY", MASTER_HEX)
+            .env_remove("RELAY_ADMIN_TOKEN")
+            .env("RELAY_LOG", "warn")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = GatewayProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let probe = client();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let req = http::Request::get(format!("{}/healthz", process.url))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            if probe.request(req).await.is_ok() {
+                return process;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the gateway process did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL (no drain, no usage flush), and wait for it to be gone.
+    pub async fn kill_9(&mut self) {
+        self.child.start_kill().unwrap();
+        let status = self.child.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+    }
+
+    /// SIGTERM (graceful shutdown) and wait for a clean exit.
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the gateway did not stop within 30 s")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -58,6 +58,17 @@ pub enum Reservation {
     Exhausted,
 }
 
+/// What [`Store::reconcile_holds`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Holds released.
+    pub holds: u64,
+    /// Their total amount, taken off `quota_reserved`.
+    pub released: i64,
+    /// Replica rows deleted (gone, nothing held).
+    pub replicas_removed: u64,
+}
+
 /// A store shared by the gateway's tasks.
 pub type SharedStore = Arc<dyn Store>;
 
@@ -82,18 +93,31 @@ pub fn backend_of(url: &str) -> Backend {
     }
 }
 
-/// The migrator of a backend's schema (`migrations/<backend>/0001_init.sql`), with
-/// locking on: Postgres holds `pg_advisory_lock` while it migrates and SQLite's file lock
-/// serializes writers, so replicas that start together migrate one at a time.
-fn migrator(init_sql: &'static str) -> Migrator {
+/// One migration of a backend's schema: its description and SQL, in version order
+/// (`migrations/<backend>/000N_<description>.sql` is version N).
+pub(crate) type MigrationSource = (&'static str, &'static str);
+
+/// The migrator of a backend's schema (`migrations/<backend>/`, versions 1, 2, ... in
+/// order), with locking on: Postgres holds `pg_advisory_lock` while it migrates and
+/// SQLite's file lock serializes writers, so replicas that start together migrate one
+/// at a time. A deployed migration's SQL never changes (sqlx checks its checksum).
+fn migrator(sources: &'static [MigrationSource]) -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(init_sql),
-            false,
-        )]),
+        migrations: Cow::Owned(
+            sources
+                .iter()
+                .zip(1..)
+                .map(|(&(description, sql), version)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
         locking: true,
         ..Migrator::DEFAULT
     }
@@ -186,12 +210,39 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Delete a key; false when there was none.
     async fn delete_key(&self, id: &str, actor: &str) -> Result<bool, StoreError>;
 
-    /// Reserve `amount` of a key's quota: one conditional statement, so concurrent
-    /// reservations never oversell.
-    async fn reserve(&self, key_id: &str, amount: i64) -> Result<Reservation, StoreError>;
+    /// Reserve `amount` of a key's quota for request `request_id`, served by gateway
+    /// process `replica`. One transaction: one conditional `UPDATE` decides (so
+    /// concurrent reservations never oversell) and, when granted, a `quota_holds` row
+    /// records the amount, the request and the replica.
+    async fn reserve(
+        &self,
+        key_id: &str,
+        amount: i64,
+        request_id: &str,
+        replica: &str,
+    ) -> Result<Reservation, StoreError>;
 
-    /// Release a reservation that was never used (the request did not reach the relay).
-    async fn release(&self, key_id: &str, amount: i64) -> Result<(), StoreError>;
+    /// Release the hold of a request that will not be settled (a reservation abandoned
+    /// after its deadline): delete its `quota_holds` row and take exactly its amount off
+    /// the key's `quota_reserved`. Returns the amount released (0 when there was no hold:
+    /// settled, released or reconciled already).
+    async fn release(&self, request_id: &str) -> Result<i64, StoreError>;
+
+    /// Say that gateway process `replica` (started at `started_at`, Unix ms) is alive:
+    /// upsert its `replicas` row with `seen_at` = now.
+    async fn heartbeat(&self, replica: &str, started_at: i64) -> Result<(), StoreError>;
+
+    /// Remove a replica's row (graceful shutdown): holds it still has become
+    /// reconcilable as soon as they are older than the staleness limit.
+    async fn retire_replica(&self, replica: &str) -> Result<(), StoreError>;
+
+    /// Release the holds of gone replicas: every hold created before `stale_before_ms`
+    /// (Unix ms) whose replica row is missing or was last seen before it. Each hold is
+    /// deleted with `DELETE ... RETURNING`, so replicas reconciling at once release it
+    /// only once; its amount comes off the key's `quota_reserved` (clamped at 0) and a
+    /// `quota_ledger` row says `released: replica gone`. Replica rows last seen before
+    /// `stale_before_ms` that hold nothing any more are deleted.
+    async fn reconcile_holds(&self, stale_before_ms: i64) -> Result<Reconciled, StoreError>;
 
     /// Add to a key's quota limit (a top-up), recorded in the ledger.
     async fn grant_quota(&self, key_id: &str, amount: i64, actor: &str)
@@ -232,8 +283,10 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn seed(&self, seed: &Seed) -> Result<SeedReport, StoreError>;
 
     /// Insert usage rows and settle their quota holds, in one transaction. Rows whose
-    /// request id is already stored are skipped (and not charged again). Returns how
-    /// many were new.
+    /// request id is already stored are skipped (and not charged again). For a new row
+    /// with a hold, `quota_used` grows by its charge and `quota_reserved` shrinks by what
+    /// its `quota_holds` row held (deleted with `DELETE ... RETURNING`; nothing when the
+    /// hold is gone, e.g. reconciled before a late replay). Returns how many were new.
     async fn insert_usage(&self, rows: &[UsageRow]) -> Result<u64, StoreError>;
 
     /// Usage rows of one request id (tests and support).

@@ -2,7 +2,7 @@
 //! `portable_store!(Type, Db, Row)` expands, inside a backend's module, to that
 //! backend's `impl Store` (every operation but the backend-specific hooks) plus the
 //! private helpers it needs. The backend module supplies, as inherent items of `Type`:
-//! fields `pool`, `url` and `master`; `const BACKEND`; `const INIT_SQL` (the schema);
+//! fields `pool`, `url` and `master`; `const BACKEND`; `const MIGRATIONS` (the schema);
 //! `async fn begin()` (a write transaction); `async fn announce(tx, target)` (tell other
 //! replicas a change committed); `async fn insert_usage_rows(tx, rows, want_ids)`.
 //!
@@ -80,6 +80,79 @@ macro_rules! portable_store {
                 })
             }
 
+            /// Release up to [`RECONCILE_BATCH`] stale holds (see
+            /// `Store::reconcile_holds`) in one transaction. Row locks are taken in the
+            /// order settlement, release and reconciliation all follow: existing holds by
+            /// request id, then keys by id (a reservation locks its key, then only inserts
+            /// a new hold, which waits on nobody), so they cannot deadlock on Postgres.
+            /// Returns the holds released, their amount, and whether the batch was full
+            /// (more may wait).
+            async fn reconcile_batch(
+                &self,
+                stale_before_ms: i64,
+            ) -> Result<(u64, i64, bool), StoreError> {
+                let candidates: Vec<String> = sqlx::query(
+                    "SELECT h.request_id FROM quota_holds h WHERE h.created_at < $1 AND NOT EXISTS \
+                     (SELECT 1 FROM replicas r WHERE r.id = h.replica AND r.seen_at >= $1) \
+                     ORDER BY h.request_id LIMIT $2",
+                )
+                .bind(stale_before_ms)
+                .bind(RECONCILE_BATCH)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+                if candidates.is_empty() {
+                    return Ok((0, 0, false));
+                }
+                let full = candidates.len() as i64 >= RECONCILE_BATCH;
+                let mut tx = self.begin().await?;
+                let mut by_key: std::collections::BTreeMap<String, i64> = Default::default();
+                let mut taken = Vec::with_capacity(candidates.len());
+                for request_id in &candidates {
+                    // Re-checked in the DELETE: the replica may have been seen meanwhile,
+                    // or another reconciler (or a late settlement) took the hold.
+                    let row = sqlx::query(
+                        "DELETE FROM quota_holds WHERE request_id = $1 AND created_at < $2 \
+                         AND NOT EXISTS (SELECT 1 FROM replicas r \
+                           WHERE r.id = quota_holds.replica AND r.seen_at >= $2) \
+                         RETURNING key_id, amount, replica",
+                    )
+                    .bind(request_id)
+                    .bind(stale_before_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(row) = row {
+                        let (key_id, amount, replica): (String, i64, String) =
+                            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                        *by_key.entry(key_id.clone()).or_default() += amount;
+                        taken.push((request_id, key_id, amount, replica));
+                    }
+                }
+                for (key_id, amount) in &by_key {
+                    unreserve(&mut tx, key_id, *amount).await?;
+                }
+                let now = now_ms();
+                for (request_id, key_id, amount, replica) in &taken {
+                    sqlx::query(
+                        "INSERT INTO quota_ledger (key_id, request_id, charged, released, note, at) \
+                         VALUES ($1, NULL, 0, $2, $3, $4)",
+                    )
+                    .bind(key_id)
+                    .bind(amount)
+                    .bind(format!(
+                        "{RELEASED_REPLICA_GONE} (replica {replica}, request {request_id})"
+                    ))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                let released = taken.iter().map(|t| t.2).sum();
+                Ok((taken.len() as u64, released, full))
+            }
+
             async fn delete_row(
                 &self,
                 table: &'static str,
@@ -121,7 +194,7 @@ macro_rules! portable_store {
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {
-                $crate::store::migrator(Self::INIT_SQL)
+                $crate::store::migrator(Self::MIGRATIONS)
                     .run(&self.pool)
                     .await
                     .map_err(|e| StoreError::Migrate(e.to_string()))
@@ -325,7 +398,15 @@ macro_rules! portable_store {
                 self.delete_row("api_keys", "id", id, actor, "key").await
             }
 
-            async fn reserve(&self, key_id: &str, amount: i64) -> Result<Reservation, StoreError> {
+            async fn reserve(
+                &self,
+                key_id: &str,
+                amount: i64,
+                request_id: &str,
+                replica: &str,
+            ) -> Result<Reservation, StoreError> {
+                let mut tx = self.begin().await?;
+                // One statement decides, so concurrent reservations never oversell.
                 let row = sqlx::query(
                     "UPDATE api_keys SET quota_reserved = quota_reserved + $2 \
                      WHERE id = $1 AND quota_limit IS NOT NULL \
@@ -334,26 +415,86 @@ macro_rules! portable_store {
                 )
                 .bind(key_id)
                 .bind(amount)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-                Ok(match row {
-                    Some(r) => Reservation::Granted {
-                        remaining: r.try_get(0)?,
-                    },
-                    None => Reservation::Exhausted,
-                })
+                let Some(row) = row else {
+                    return Ok(Reservation::Exhausted);
+                };
+                let remaining = row.try_get(0)?;
+                if amount > 0 {
+                    sqlx::query(
+                        "INSERT INTO quota_holds (request_id, key_id, amount, replica, created_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(request_id)
+                    .bind(key_id)
+                    .bind(amount)
+                    .bind(replica)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Reservation::Granted { remaining })
             }
 
-            async fn release(&self, key_id: &str, amount: i64) -> Result<(), StoreError> {
+            async fn release(&self, request_id: &str) -> Result<i64, StoreError> {
+                let mut tx = self.begin().await?;
+                let released = match take_hold(&mut tx, request_id).await? {
+                    Some((key_id, amount)) => {
+                        unreserve(&mut tx, &key_id, amount).await?;
+                        amount
+                    }
+                    None => 0,
+                };
+                tx.commit().await?;
+                Ok(released)
+            }
+
+            async fn heartbeat(&self, replica: &str, started_at: i64) -> Result<(), StoreError> {
                 sqlx::query(
-                    "UPDATE api_keys SET quota_reserved = CASE WHEN quota_reserved > $2 \
-                     THEN quota_reserved - $2 ELSE 0 END WHERE id = $1",
+                    "INSERT INTO replicas (id, started_at, seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
                 )
-                .bind(key_id)
-                .bind(amount)
+                .bind(replica)
+                .bind(started_at)
+                .bind(now_ms())
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn retire_replica(&self, replica: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM replicas WHERE id = $1")
+                    .bind(replica)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn reconcile_holds(&self, stale_before_ms: i64) -> Result<Reconciled, StoreError> {
+                let mut done = Reconciled::default();
+                loop {
+                    let (holds, released, full) =
+                        self.reconcile_batch(stale_before_ms).await?;
+                    done.holds += holds;
+                    done.released += released;
+                    // A full batch taken by someone else meanwhile also ends the round.
+                    if !full || holds == 0 {
+                        break;
+                    }
+                }
+                let mut tx = self.begin().await?;
+                done.replicas_removed = sqlx::query(
+                    "DELETE FROM replicas WHERE seen_at < $1 AND NOT EXISTS \
+                     (SELECT 1 FROM quota_holds h WHERE h.replica = replicas.id)",
+                )
+                .bind(stale_before_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(done)
             }
 
             async fn grant_quota(
@@ -646,33 +787,59 @@ macro_rules! portable_store {
                 let mut tx = self.begin().await?;
                 let (new, mut inserted) = Self::insert_usage_rows(&mut tx, rows, settle).await?;
                 if settle {
-                    let now = now_ms();
-                    for r in rows {
+                    // Settle once per inserted id, even if the batch holds the id twice.
+                    let mut settled: Vec<&UsageRow> = rows
+                        .iter()
+                        .filter(|r| r.hold.is_some() && r.key_id.is_some())
+                        .filter(|r| inserted.remove(&r.request_id))
+                        .collect();
+                    // The lock order of every quota transaction: holds by request id,
+                    // then keys by id (see `reconcile_batch`).
+                    settled.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id));
+                    let mut by_key: std::collections::BTreeMap<&str, (i64, i64)> =
+                        Default::default();
+                    let mut ledger = Vec::with_capacity(settled.len());
+                    for r in settled {
                         let (Some(hold), Some(key)) = (r.hold, r.key_id.as_deref()) else {
                             continue;
                         };
-                        // Settle once per inserted id, even if the batch holds the id twice.
-                        if !inserted.remove(&r.request_id) {
-                            continue;
-                        }
+                        // What the hold still holds: nothing when it was reconciled
+                        // before this (late) row arrived. Rows spilled by an older
+                        // gateway have no hold row and release what they carry.
+                        let released = if hold.tracked {
+                            take_hold(&mut tx, &r.request_id)
+                                .await?
+                                .map_or(0, |(_, amount)| amount)
+                        } else {
+                            hold.reserved
+                        };
                         let charge = r.charge(hold.kind);
+                        let sums = by_key.entry(key).or_default();
+                        sums.0 += charge;
+                        sums.1 += released;
+                        ledger.push((key, &r.request_id, charge, released));
+                    }
+                    for (key, (charge, released)) in &by_key {
                         sqlx::query(
                             "UPDATE api_keys SET quota_used = quota_used + $2, quota_reserved = \
                              CASE WHEN quota_reserved > $3 THEN quota_reserved - $3 ELSE 0 END WHERE id = $1",
                         )
-                        .bind(key)
-                        .bind(charge)
-                        .bind(hold.reserved)
+                        .bind(*key)
+                        .bind(*charge)
+                        .bind(*released)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    let now = now_ms();
+                    for (key, request_id, charge, released) in ledger {
                         sqlx::query(
                             "INSERT INTO quota_ledger (key_id, request_id, charged, released, note, at) \
                              VALUES ($1, $2, $3, $4, NULL, $5) ON CONFLICT (request_id) DO NOTHING",
                         )
                         .bind(key)
-                        .bind(&r.request_id)
+                        .bind(request_id)
                         .bind(charge)
-                        .bind(hold.reserved)
+                        .bind(released)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
@@ -749,6 +916,39 @@ macro_rules! portable_store {
                     total,
                 })
             }
+        }
+
+        /// Holds one reconciliation transaction releases at most.
+        const RECONCILE_BATCH: i64 = 500;
+
+        /// The ledger note of a hold released because its replica is gone.
+        const RELEASED_REPLICA_GONE: &str = "released: replica gone";
+
+        /// Delete a request's hold; its key and amount, if it had one.
+        async fn take_hold(tx: &mut Tx, request_id: &str) -> Result<Option<(String, i64)>, StoreError> {
+            let row = sqlx::query(
+                "DELETE FROM quota_holds WHERE request_id = $1 RETURNING key_id, amount",
+            )
+            .bind(request_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Ok(match row {
+                Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+                None => None,
+            })
+        }
+
+        /// Take `amount` off a key's `quota_reserved`, clamped at 0.
+        async fn unreserve(tx: &mut Tx, key_id: &str, amount: i64) -> Result<(), StoreError> {
+            sqlx::query(
+                "UPDATE api_keys SET quota_reserved = CASE WHEN quota_reserved > $2 \
+                 THEN quota_reserved - $2 ELSE 0 END WHERE id = $1",
+            )
+            .bind(key_id)
+            .bind(amount)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
         }
 
         const KEY_COLUMNS: &str = "id, prefix, key_sha256, allowed_presets, allowed_models, rpm, tpm, \

@@ -13,7 +13,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::portable::portable_store;
-use super::{Backend, NOTIFY_CHANNEL, Reservation, Seed, SeedReport};
+use super::{Backend, MigrationSource, NOTIFY_CHANNEL, Reconciled, Reservation, Seed, SeedReport};
 use crate::crypto::MasterKey;
 use crate::model::{
     AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel, StoredPreset,
@@ -48,7 +48,17 @@ const INSERT_USAGE: &str = "INSERT INTO usage (request_id, key_id, requested_mod
 
 impl PostgresStore {
     const BACKEND: Backend = Backend::Postgres;
-    const INIT_SQL: &str = include_str!("../../migrations/postgres/0001_init.sql");
+    /// The schema's migrations, in version order.
+    const MIGRATIONS: &[MigrationSource] = &[
+        (
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        (
+            "quota_holds",
+            include_str!("../../migrations/postgres/0002_quota_holds.sql"),
+        ),
+    ];
 
     /// Connect (`postgres://...`). Does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStore, StoreError> {

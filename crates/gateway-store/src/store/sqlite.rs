@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 use super::portable::portable_store;
-use super::{Backend, Reservation, Seed, SeedReport};
+use super::{Backend, MigrationSource, Reconciled, Reservation, Seed, SeedReport};
 use crate::crypto::MasterKey;
 use crate::model::{
     AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel, StoredPreset,
@@ -83,7 +83,17 @@ fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
 
 impl SqliteStore {
     const BACKEND: Backend = Backend::Sqlite;
-    const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
+    /// The schema's migrations, in version order.
+    const MIGRATIONS: &[MigrationSource] = &[
+        (
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            "quota_holds",
+            include_str!("../../migrations/sqlite/0002_quota_holds.sql"),
+        ),
+    ];
 
     /// Open (`sqlite://PATH`, `sqlite:PATH` or a bare path; created when missing, with
     /// its directory). Does not migrate.
