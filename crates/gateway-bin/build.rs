@@ -18,8 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CC");
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let target_env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-    if target_os != "linux" || target_env != "gnu" || std::env::var_os("RELAY_NO_RELR").is_some()
-    {
+    if target_os != "linux" || target_env != "gnu" || std::env::var_os("RELAY_NO_RELR").is_some() {
         return;
     }
     if links_with("-Wl,-z,pack-relative-relocs") {
