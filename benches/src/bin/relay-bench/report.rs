@@ -102,6 +102,7 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
             "cpu_us_per_req": med(&cpu_per_request),
             "rss_before_kib": med(&|r| r.rss_before_kib.map(|x| x as f64)),
             "rss_peak_kib": mine.iter().filter_map(|r| r.rss_peak_kib).max(),
+            "kib_per_stream": mine.iter().filter_map(round_kib_per_stream).reduce(f64::max),
             "max_in_flight": mine.iter().filter_map(|r| r.result["max_in_flight"].as_u64()).max(),
             "harness_util": med(&|r| r.harness_util),
             "foreign_cores": med(&|r| r.foreign_cores),
@@ -460,11 +461,19 @@ pub(crate) fn budgets(aggs: &[Value], idle: &[Value]) -> Vec<Value> {
     out
 }
 
-/// (peak RSS − RSS before the round) ÷ streams held open.
+/// Memory per open stream of a case and target: the largest per-round figure. A target
+/// keeps running across rounds, and from the second round on its allocator reuses
+/// memory it kept from the one before, so later rounds understate what a stream costs;
+/// the first round, from the idle RSS, is normally the largest.
 fn per_stream_kib(a: &Value) -> Option<f64> {
-    let peak = a["rss_peak_kib"].as_f64()?;
-    let before = a["rss_before_kib"].as_f64()?;
-    let n = a["max_in_flight"].as_f64().filter(|&n| n > 0.0)?;
+    a["kib_per_stream"].as_f64()
+}
+
+/// One round's (peak RSS − RSS before the round) ÷ streams it held open at once.
+fn round_kib_per_stream(r: &&Round) -> Option<f64> {
+    let peak = r.rss_peak_kib? as f64;
+    let before = r.rss_before_kib? as f64;
+    let n = r.result["max_in_flight"].as_f64().filter(|&n| n > 0.0)?;
     Some((peak - before) / n)
 }
 
