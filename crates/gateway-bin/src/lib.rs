@@ -9,11 +9,13 @@
 //! Modules: [`config`] (the TOML file), [`plugins`] (the plugin registry and `plugin check`), [`auth`] (keys), [`routes`] (inbound routes),
 //! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
 //! [`usage_log`] (settlement records as log lines); with a store: [`tenancy`] (keys,
-//! limits, quotas, usage to the store, config from the store), [`keys`] (the key cache),
+//! limits, quotas, usage to the store, config from the store), [`background`] (the
+//! store's own thread and runtime, at a lower priority), [`keys`] (the key cache),
 //! [`limits`] (RPM/TPM buckets), [`admin`] (the admin API), [`cli`] (store commands).
 
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod keys;

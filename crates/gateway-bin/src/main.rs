@@ -201,14 +201,17 @@ async fn serve(
     store: cli::ServeStoreArgs,
 ) -> Result<(), String> {
     let addr = listen.unwrap_or(config.server.listen);
-    let (gateway, tenancy) = if store.no_store {
+    let (gateway, tenancy, mut background) = if store.no_store {
         let gateway = Gateway::new(&config, Arc::new(NullSink))
             .await
             .map_err(|e| e.to_string())?;
-        (gateway, None)
+        (gateway, None, None)
     } else {
-        let started = relay_gateway::tenancy::start(&config, &store.options(path.clone())).await?;
-        (started.gateway, Some(started.tenancy))
+        // The store and everything around it run on the background thread, at a lower
+        // priority than the request workers.
+        let (started, background) =
+            relay_gateway::background::start(config.clone(), store.options(path.clone())).await?;
+        (started.gateway, Some(started.tenancy), Some(background))
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -281,6 +284,9 @@ async fn serve(
             tracing::error!("usage writer did not flush within 15 s");
         }
         t.retire().await;
+    }
+    if let Some(background) = background.as_mut() {
+        background.stop().await;
     }
     served?;
     joined.map(|_| ())
