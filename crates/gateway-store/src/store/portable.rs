@@ -4,7 +4,9 @@
 //! private helpers it needs. The backend module supplies, as inherent items of `Type`:
 //! fields `pool`, `url` and `master`; `const BACKEND`; `const MIGRATIONS` (the schema);
 //! `async fn begin()` (a write transaction); `async fn announce(tx, target)` (tell other
-//! replicas a change committed); `async fn insert_usage_rows(tx, rows, want_ids)`.
+//! replicas a change committed); `async fn insert_usage_rows(tx, rows, want_ids)`;
+//! `async fn reserve_hold(key, amount, request, replica, now)` (the reservation and its
+//! hold row, atomically; the remaining quota, or `None` when it does not fit).
 //!
 //! The SQL sticks to what both speak: `$N` placeholders, BIGINT/INTEGER 0/1 flags,
 //! Unix-millisecond times, `ON CONFLICT`, `RETURNING`.
@@ -405,37 +407,12 @@ macro_rules! portable_store {
                 request_id: &str,
                 replica: &str,
             ) -> Result<Reservation, StoreError> {
-                let mut tx = self.begin().await?;
-                // One statement decides, so concurrent reservations never oversell.
-                let row = sqlx::query(
-                    "UPDATE api_keys SET quota_reserved = quota_reserved + $2 \
-                     WHERE id = $1 AND quota_limit IS NOT NULL \
-                       AND quota_used + quota_reserved + $2 <= quota_limit \
-                     RETURNING quota_limit - quota_used - quota_reserved",
+                Ok(
+                    match self.reserve_hold(key_id, amount, request_id, replica, now_ms()).await? {
+                        Some(remaining) => Reservation::Granted { remaining },
+                        None => Reservation::Exhausted,
+                    },
                 )
-                .bind(key_id)
-                .bind(amount)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Ok(Reservation::Exhausted);
-                };
-                let remaining = row.try_get(0)?;
-                if amount > 0 {
-                    sqlx::query(
-                        "INSERT INTO quota_holds (request_id, key_id, amount, replica, created_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(request_id)
-                    .bind(key_id)
-                    .bind(amount)
-                    .bind(replica)
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(Reservation::Granted { remaining })
             }
 
             async fn release(&self, request_id: &str) -> Result<i64, StoreError> {

@@ -79,6 +79,42 @@ impl PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// Reserve `amount` of a key's quota and record the hold in one statement (one round
+    /// trip on the request path): the conditional `UPDATE` decides (no oversell) and a
+    /// data-modifying CTE inserts the hold row only when it granted. The remaining quota,
+    /// or `None` when the amount does not fit.
+    async fn reserve_hold(
+        &self,
+        key_id: &str,
+        amount: i64,
+        request_id: &str,
+        replica: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "WITH granted AS ( \
+               UPDATE api_keys SET quota_reserved = quota_reserved + $2 \
+               WHERE id = $1 AND quota_limit IS NOT NULL \
+                 AND quota_used + quota_reserved + $2 <= quota_limit \
+               RETURNING quota_limit - quota_used - quota_reserved AS remaining), \
+             hold AS ( \
+               INSERT INTO quota_holds (request_id, key_id, amount, replica, created_at) \
+               SELECT $3, $1, $2, $4, $5 FROM granted WHERE $2 > 0) \
+             SELECT remaining FROM granted",
+        )
+        .bind(key_id)
+        .bind(amount)
+        .bind(request_id)
+        .bind(replica)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
     /// `NOTIFY` inside the change's transaction: listeners hear of it only if it commits.
     async fn announce(tx: &mut Tx, target: &str) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")

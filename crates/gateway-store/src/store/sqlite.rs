@@ -45,6 +45,13 @@ const USAGE_COLUMNS: usize = 23;
 /// statements, each prepared once; 23 parameters a row stays well under SQLite's limit.
 const USAGE_CHUNKS: [usize; 4] = [256, 32, 8, 1];
 
+/// The conditional reservation: grants only what fits under the limit, so concurrent
+/// reservations never oversell.
+const RESERVE_SQL: &str = "UPDATE api_keys SET quota_reserved = quota_reserved + $2 \
+     WHERE id = $1 AND quota_limit IS NOT NULL \
+       AND quota_used + quota_reserved + $2 <= quota_limit \
+     RETURNING quota_limit - quota_used - quota_reserved";
+
 /// The multi-row insert of `USAGE_CHUNKS[size]` rows, with or without `RETURNING`.
 fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
     static SQL: OnceLock<Vec<[String; 2]>> = OnceLock::new();
@@ -133,6 +140,44 @@ impl SqliteStore {
     /// while another connection writes.
     async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Reserve `amount` of a key's quota and record the hold, in one local transaction:
+    /// the conditional `UPDATE` decides (no oversell), then the hold row. The remaining
+    /// quota, or `None` when the amount does not fit.
+    async fn reserve_hold(
+        &self,
+        key_id: &str,
+        amount: i64,
+        request_id: &str,
+        replica: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(RESERVE_SQL)
+            .bind(key_id)
+            .bind(amount)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let remaining = row.try_get(0)?;
+        if amount > 0 {
+            sqlx::query(
+                "INSERT INTO quota_holds (request_id, key_id, amount, replica, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(request_id)
+            .bind(key_id)
+            .bind(amount)
+            .bind(replica)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(remaining))
     }
 
     /// Nothing to send: other processes poll `config_version`.
