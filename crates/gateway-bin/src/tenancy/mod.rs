@@ -6,7 +6,8 @@
 //! 1. [`Tenancy::authenticate`]: the in-memory [`KeyCache`] (no database read);
 //! 2. [`Tenancy::admit`]: allowed presets and models (403), RPM/TPM (429 with
 //!    Retry-After), then, for keys with a quota only, the reservation: one conditional
-//!    `UPDATE` and its `quota_holds` row, in one transaction with a short deadline.
+//!    `UPDATE` and its `quota_holds` row, atomically (one statement on Postgres, a
+//!    local transaction on SQLite), with a short deadline.
 //!    When the store is unreachable (or the writer saw it fail), the reservation is made
 //!    in process against the cached balance instead, so an outage never refuses every
 //!    key;
