@@ -362,45 +362,8 @@ async fn admin_changes_apply_live_bad_ones_are_refused_and_a_second_process_foll
         let up = mock(Behavior::default()).await;
         let gw = gateway(&db, &config_text(&channel("a", &up.base_url(), &["m"]))).await;
         // A second gateway process on the same database.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay-gateway"))
-            .args(["serve", "--config"])
-            .arg(&gw.config_path)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &db.url,
-            ])
-            .env("RELAY_MASTER_KEY", MASTER_HEX)
-            .env_remove("RELAY_ADMIN_TOKEN")
-            .env("RELAY_LOG", "warn")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let other = format!("http://127.0.0.1:{port}");
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = gw
-                .client
-                .request(
-                    http::Request::get(format!("{other}/healthz"))
-                        .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        .unwrap(),
-                )
-                .await
-                .is_ok();
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < until, "the second gateway did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut second = GatewayProcess::start(&gw.config_path, &db).await;
+        let other = second.url.clone();
         // A bad change is refused with every problem, and nothing changes.
         let r = gw
             .admin(
@@ -448,7 +411,7 @@ async fn admin_changes_apply_live_bad_ones_are_refused_and_a_second_process_foll
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = child.kill().await;
+        let _ = second.child.kill().await;
         gw.running.shutdown().await;
     }
 }
