@@ -9,11 +9,12 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use sqlx::error::BoxDynError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
+use sqlx::{Arguments, Row, Sqlite};
 
 use super::portable::portable_store;
 use super::{Backend, MigrationSource, Reconciled, Reservation, Seed, SeedReport};
@@ -86,6 +87,34 @@ fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
             .collect()
     });
     &all[size][usize::from(returning)]
+}
+
+/// Append one usage row's `USAGE_COLUMNS` values, in the insert's column order.
+fn bind_usage_row<'q>(args: &mut SqliteArguments<'q>, r: &'q UsageRow) -> Result<(), BoxDynError> {
+    args.add(r.request_id.as_str())?;
+    args.add(r.key_id.as_deref())?;
+    args.add(r.requested_model.as_str())?;
+    args.add(r.item)?;
+    args.add(r.channel.as_deref())?;
+    args.add(r.upstream_model.as_deref())?;
+    args.add(r.client_dialect.as_str())?;
+    args.add(r.upstream_dialect.as_deref())?;
+    args.add(r.operation.as_str())?;
+    args.add(i64::from(r.stream))?;
+    args.add(r.input_tokens)?;
+    args.add(r.output_tokens)?;
+    args.add(r.cached_tokens)?;
+    args.add(r.reasoning_tokens)?;
+    args.add(r.cost_micros)?;
+    args.add(i64::from(r.estimated))?;
+    args.add(r.outcome.as_str())?;
+    args.add(r.status)?;
+    args.add(r.error_kind.as_deref())?;
+    args.add(r.attempts)?;
+    args.add(r.latency_ms)?;
+    args.add(r.ttft_ms)?;
+    args.add(r.started_at)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -203,33 +232,14 @@ impl SqliteStore {
                 .unwrap_or(USAGE_CHUNKS.len() - 1);
             let (chunk, tail) = rest.split_at(USAGE_CHUNKS[size].min(rest.len()));
             rest = tail;
-            let mut q = sqlx::query::<Sqlite>(insert_usage_sql(size, want_ids));
+            // The arguments of a statement are sized up front (a 256-row statement has
+            // 5,888): `Query::bind` grew them one reallocation at a time.
+            let mut args = SqliteArguments::default();
+            args.reserve(chunk.len() * USAGE_COLUMNS, 0);
             for r in chunk {
-                q = q
-                    .bind(&r.request_id)
-                    .bind(r.key_id.as_deref())
-                    .bind(&r.requested_model)
-                    .bind(r.item)
-                    .bind(r.channel.as_deref())
-                    .bind(r.upstream_model.as_deref())
-                    .bind(&r.client_dialect)
-                    .bind(r.upstream_dialect.as_deref())
-                    .bind(&r.operation)
-                    .bind(i64::from(r.stream))
-                    .bind(r.input_tokens)
-                    .bind(r.output_tokens)
-                    .bind(r.cached_tokens)
-                    .bind(r.reasoning_tokens)
-                    .bind(r.cost_micros)
-                    .bind(i64::from(r.estimated))
-                    .bind(&r.outcome)
-                    .bind(r.status)
-                    .bind(r.error_kind.as_deref())
-                    .bind(r.attempts)
-                    .bind(r.latency_ms)
-                    .bind(r.ttft_ms)
-                    .bind(r.started_at);
+                bind_usage_row(&mut args, r).map_err(sqlx::Error::Encode)?;
             }
+            let q = sqlx::query_with::<Sqlite, _>(insert_usage_sql(size, want_ids), args);
             if want_ids {
                 for row in q.fetch_all(&mut **tx).await? {
                     ids.insert(row.try_get::<String, _>(0)?);

@@ -310,6 +310,23 @@ fn overflow_thread(
     }
 }
 
+/// Move a queued message into the pass: a row (priced with the table of this pass) or
+/// a flush waiting for its answer.
+fn take(
+    msg: Msg,
+    prices: &HashMap<String, Price>,
+    buf: &mut Vec<UsageRow>,
+    acks: &mut Vec<oneshot::Sender<()>>,
+) {
+    match msg {
+        Msg::Row(item) => {
+            let (record, hold) = *item;
+            buf.push(to_row(record, hold, prices));
+        }
+        Msg::Flush(ack) => acks.push(ack),
+    }
+}
+
 struct WriterTask {
     store: SharedStore,
     rx: mpsc::Receiver<Msg>,
@@ -338,18 +355,24 @@ impl WriterTask {
         let mut backlog = false;
         loop {
             let mut closed = false;
+            let mut first = None;
             if !backlog {
                 match tokio::time::timeout(self.config.flush_interval, self.rx.recv()).await {
-                    Ok(Some(msg)) => self.take(msg, &mut buf, &mut acks),
+                    Ok(Some(msg)) => first = Some(msg),
                     Ok(None) => closed = true,
                     Err(_) => {}
                 }
                 // Let the batch gather: the writer sleeps through the interval rather than
                 // waiting on the queue, so a request's enqueue never wakes it (one wake-up
                 // and one transaction per interval, not per row). A flush skips the wait.
-                if !buf.is_empty() && acks.is_empty() && !closed {
+                if matches!(first, Some(Msg::Row(_))) && !closed {
                     tokio::time::sleep(self.config.flush_interval).await;
                 }
+            }
+            // The rows of this pass are priced with the table in force now.
+            let prices = self.prices.load_full();
+            if let Some(msg) = first {
+                take(msg, &prices, &mut buf, &mut acks);
             }
             backlog = false;
             while !closed {
@@ -358,16 +381,17 @@ impl WriterTask {
                     break;
                 }
                 match self.rx.try_recv() {
-                    Ok(msg) => self.take(msg, &mut buf, &mut acks),
+                    Ok(msg) => take(msg, &prices, &mut buf, &mut acks),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 }
             }
-            let mut pending = std::mem::take(&mut buf);
-            while !pending.is_empty() {
-                let rest = pending.split_off(pending.len().min(self.config.batch.max(1)));
-                let rows = std::mem::replace(&mut pending, rest);
-                if db_up && self.write(&rows).await {
+            // The pass is written in batches straight from `buf`, which keeps its
+            // capacity from pass to pass: no per-pass allocation and no copying of the
+            // rows (a fresh vector grew through its reallocations, and cutting batches
+            // off its front moved the rest each time).
+            for rows in buf.chunks(self.config.batch.max(1)) {
+                if db_up && self.write(rows).await {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     if db_up {
@@ -377,9 +401,10 @@ impl WriterTask {
                     }
                     db_up = false;
                     self.metrics.healthy.store(false, Ordering::Relaxed);
-                    self.to_spill(rows).await;
+                    self.to_spill(rows.to_vec()).await;
                 }
             }
+            buf.clear();
             let waiting = self.spill_waiting.load(Ordering::Acquire);
             if (!db_up || waiting) && (Instant::now() >= next_probe || !acks.is_empty() || closed) {
                 if !db_up {
@@ -402,16 +427,6 @@ impl WriterTask {
             if closed {
                 break;
             }
-        }
-    }
-
-    fn take(&self, msg: Msg, buf: &mut Vec<UsageRow>, acks: &mut Vec<oneshot::Sender<()>>) {
-        match msg {
-            Msg::Row(item) => {
-                let (record, hold) = *item;
-                buf.push(to_row(record, hold, &self.prices.load()));
-            }
-            Msg::Flush(ack) => acks.push(ack),
         }
     }
 
