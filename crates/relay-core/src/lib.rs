@@ -49,6 +49,6 @@ pub use config::{
     ChannelConfig, ConfigError, PresetConfig, PresetItem, RelayConfig, Secret, Strategy,
 };
 pub use dialect::{ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RouteParams};
-pub use engine::{BuildError, Relay, RelayBody, RelayRequest, UpstreamClient};
+pub use engine::{BuildError, Relay, RelayBody, RelayRequest, UpstreamBody, UpstreamClient};
 pub use error::{Disposition, ErrorKind, RelayError, Side};
 pub use usage::{MemorySink, NullSink, Outcome, Usage, UsageRecord, UsageSink};

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::settle::Settlement;
@@ -103,7 +102,7 @@ impl Body for RelayBody {
 /// A stream that produced its first content event (or ended): ready to commit.
 pub(crate) struct StartedStream {
     /// The rest of the upstream body.
-    pub(crate) upstream: Incoming,
+    pub(crate) upstream: super::UpstreamBody,
     /// The parser, with any partial event it holds.
     pub(crate) parser: SseParser,
     /// The translator, with what it has seen.
@@ -116,7 +115,7 @@ pub(crate) struct StartedStream {
 
 /// A committed stream: what was held before the commit, then the live upstream.
 pub(crate) struct StreamState {
-    pub(crate) upstream: Incoming,
+    pub(crate) upstream: super::UpstreamBody,
     pub(crate) parser: SseParser,
     pub(crate) translator: Box<dyn StreamTranslator>,
     pub(crate) out: BytesMut,

@@ -1,34 +1,44 @@
-//! The upstream HTTP client: pooled keep-alive connections, TCP_NODELAY, rustls.
+//! The upstream HTTP client: pooled keep-alive HTTP/1.1 connections, TCP_NODELAY, rustls.
 //!
-//! Each thread gets its own pool: a connection's I/O task runs on the runtime that
-//! opened it, so with one single-threaded runtime per worker (the gateway's model) a
-//! request and its upstream connection never wake another thread.
+//! Each thread gets its own pool ([`super::pool`]): a connection's I/O task runs on the
+//! runtime that opened it, so with one single-threaded runtime per worker (the gateway's
+//! model) a request and its upstream connection never wake another thread. Connections
+//! are `hyper::client::conn::http1` senders lent out one request at a time; the response
+//! body returns its connection when it has been read to the end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
+use tower_service::Service;
 
+use super::pool::{Lease, Origin, Pool, Sender, UpstreamBody};
 use crate::config::UpstreamSettings;
 use crate::error::{ErrorKind, RelayError, Side};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-type PooledClient = Client<Connector, Full<Bytes>>;
-
 /// A pooled HTTP/1.1 client for upstream calls (http and https), one pool per thread.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamClient {
     connector: Connector,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
-    pools: Arc<ThreadLocal<PooledClient>>,
+    pools: Arc<ThreadLocal<Arc<Pool>>>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamClient {
@@ -65,39 +75,108 @@ impl UpstreamClient {
     }
 
     /// This thread's pool, built on first use.
-    fn pool(&self) -> &PooledClient {
-        self.pools.get_or(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(self.pool_idle_timeout)
-                .pool_max_idle_per_host(self.pool_max_idle_per_host)
-                .build(self.connector.clone())
-        })
+    fn pool(&self) -> &Arc<Pool> {
+        self.pools
+            .get_or(|| Pool::new(self.pool_idle_timeout, self.pool_max_idle_per_host))
     }
 
-    /// Send one request; connect failures and I/O errors become retryable relay errors.
+    /// Send one request (absolute URI); connect failures and I/O errors become retryable
+    /// relay errors.
     pub async fn send(
         &self,
         req: http::Request<Bytes>,
-    ) -> Result<http::Response<Incoming>, RelayError> {
-        let req = req.map(Full::new);
-        self.pool().request(req).await.map_err(|e| {
-            if e.is_connect() {
-                RelayError::new(
-                    ErrorKind::Connect,
-                    Side::Upstream,
-                    format!("cannot connect to upstream: {}", source_chain(&e)),
-                )
-            } else {
-                RelayError::new(
-                    ErrorKind::UpstreamIo,
-                    Side::Upstream,
-                    format!("upstream connection failed: {}", source_chain(&e)),
-                )
+    ) -> Result<http::Response<UpstreamBody>, RelayError> {
+        let (mut parts, body) = req.into_parts();
+        let origin = match (parts.uri.scheme(), parts.uri.authority()) {
+            (Some(scheme), Some(authority)) => Origin {
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+            },
+            _ => {
+                return Err(RelayError::internal(format!(
+                    "upstream URL `{}` has no scheme or host",
+                    parts.uri
+                )));
             }
-        })
+        };
+        let pool = self.pool();
+        let (idle, host) = pool.take(&origin);
+        // HTTP/1.1 wants the origin form on the request line, and a Host header.
+        let target = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        parts.headers.entry(HOST).or_insert(host);
+        let mut req = http::Request::from_parts(parts, Full::new(body));
+
+        // A pooled connection first; if it turns out to be closing before the request
+        // went out, the request goes on a fresh one.
+        if let Some(mut sender) = idle {
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(leased(resp, pool, origin, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(io_error(&e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect(&origin).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(leased(resp, pool, origin, sender)),
+            Err(e) => Err(io_error(&e.into_error())),
+        }
     }
+
+    /// Open a new connection to `origin` and start its I/O task on this runtime.
+    async fn connect(&self, origin: &Origin) -> Result<Sender, RelayError> {
+        let uri = Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| RelayError::internal(format!("upstream URL: {e}")))?;
+        let connect_error = |e: &dyn std::error::Error| {
+            RelayError::new(
+                ErrorKind::Connect,
+                Side::Upstream,
+                format!("cannot connect to upstream: {}", source_chain(e)),
+            )
+        };
+        let mut connector = self.connector.clone();
+        let io = connector.call(uri).await.map_err(|e| connect_error(&*e))?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn leased(
+    resp: http::Response<hyper::body::Incoming>,
+    pool: &Arc<Pool>,
+    origin: Origin,
+    sender: Sender,
+) -> http::Response<UpstreamBody> {
+    let lease = Box::new(Lease {
+        pool: Arc::clone(pool),
+        origin,
+        sender,
+    });
+    resp.map(|body| UpstreamBody::new(body, Some(lease)))
+}
+
+fn io_error(e: &hyper::Error) -> RelayError {
+    RelayError::new(
+        ErrorKind::UpstreamIo,
+        Side::Upstream,
+        format!("upstream connection failed: {}", source_chain(e)),
+    )
 }
 
 /// An error and its sources on one line (hyper's Display alone says little).

@@ -4,6 +4,7 @@
 
 mod body;
 mod client;
+mod pool;
 mod settle;
 
 use std::sync::Arc;
@@ -13,12 +14,12 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use rand::Rng;
 use tokio::time::timeout_at;
 
 pub use body::RelayBody;
 pub use client::UpstreamClient;
+pub use pool::UpstreamBody;
 
 use self::body::{StartedStream, StreamState};
 use self::settle::Settlement;
@@ -584,7 +585,7 @@ impl Relay {
         route: &Route,
         channel: &Channel,
         call: &UpstreamCall<'_>,
-        mut body: Incoming,
+        mut body: UpstreamBody,
         sent: Instant,
         deadline: Instant,
     ) -> Result<Answer, RelayError> {
@@ -752,7 +753,7 @@ fn sse_error(e: crate::sse::SseError) -> RelayError {
     )
 }
 
-async fn read_capped(body: Incoming, limit: usize, deadline: Instant) -> Result<Bytes, RelayError> {
+async fn read_capped(body: UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, RelayError> {
     match timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
         Err(_) => Err(total_timeout()),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
