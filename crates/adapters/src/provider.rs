@@ -100,8 +100,8 @@ impl ProviderAdapter {
         };
         Ok(match self.spec.layout {
             Layout::OpenAi => match op {
-                Operation::Chat => format!("{base}/chat/completions"),
-                Operation::Embeddings => format!("{base}/embeddings"),
+                Operation::Chat => [base, "/chat/completions"].concat(),
+                Operation::Embeddings => [base, "/embeddings"].concat(),
             },
             Layout::AzureOpenAi {
                 default_api_version,
@@ -119,7 +119,7 @@ impl ProviderAdapter {
                 format!("{base}/openai/deployments/{deployment}/{what}?api-version={version}")
             }
             Layout::Anthropic => match op {
-                Operation::Chat => format!("{base}/v1/messages"),
+                Operation::Chat => [base, "/v1/messages"].concat(),
                 Operation::Embeddings => return Err(no_embeddings()),
             },
             Layout::Gemini => match op {

@@ -308,7 +308,20 @@ pub fn new_request_id() -> String {
         .map_or(0, |d| d.as_millis() as u64)
         & 0xFFFF_FFFF_FFFF;
     let random = rand::random::<u128>() & ((1u128 << 80) - 1);
-    format!("req_{ms:012x}{random:020x}")
+    // By hand: `format!("req_{ms:012x}{random:020x}")` cost about 1,500 instructions.
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    push_hex(&mut id, u128::from(ms), 12);
+    push_hex(&mut id, random, 20);
+    id
+}
+
+/// The low `digits` hex digits of `v`, zero-padded, lowercase.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Add the request id header.
@@ -321,6 +334,31 @@ pub fn tag(resp: &mut Response<RelayBody>, request_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_time_ordered_hex() {
+        let a = new_request_id();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = new_request_id();
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 36, "{id}");
+            assert!(id.starts_with("req_"), "{id}");
+            assert!(
+                id[4..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+                "{id}"
+            );
+        }
+        assert!(a[..16] < b[..16], "{a} then {b}");
+        let ms = u64::from_str_radix(&a[4..16], 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - ms < 60_000, "{a}: {ms} vs {now}");
+        let mut s = String::new();
+        push_hex(&mut s, 0xab, 4);
+        assert_eq!(s, "00ab");
+    }
 
     #[test]
     fn routes_by_path() {
