@@ -344,7 +344,9 @@ mod tests {
             assert_eq!(id.len(), 36, "{id}");
             assert!(id.starts_with("req_"), "{id}");
             assert!(
-                id[4..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+                id[4..]
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
                 "{id}"
             );
         }

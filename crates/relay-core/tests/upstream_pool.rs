@@ -65,7 +65,10 @@ async fn serve(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         match path.as_str() {
             "/big" => {
                 let chunk = vec![b'x'; 64 * 1024];
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 16 * chunk.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    16 * chunk.len()
+                );
                 if sock.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
@@ -110,7 +113,9 @@ async fn serve(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
             }
             "/close" => {
                 let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
                     .await;
                 return;
             }
@@ -156,7 +161,10 @@ async fn sequential_requests_share_one_connection() {
     let heads = server.heads.lock();
     assert_eq!(heads.len(), 20);
     for head in heads.iter() {
-        assert!(head.starts_with("POST /v1/x?alt=sse HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.starts_with("POST /v1/x?alt=sse HTTP/1.1\r\n"),
+            "{head}"
+        );
         assert!(
             head.to_ascii_lowercase()
                 .contains(&format!("host: {}\r\n", server.addr)),
@@ -328,5 +336,8 @@ async fn connect_failures_are_connect_errors() {
         .unwrap();
     let err = client(90_000).send(req).await.unwrap_err();
     assert_eq!(err.kind(), relay_core::ErrorKind::Connect, "{err}");
-    assert!(err.message().contains("cannot connect to upstream"), "{err}");
+    assert!(
+        err.message().contains("cannot connect to upstream"),
+        "{err}"
+    );
 }

@@ -753,7 +753,11 @@ fn sse_error(e: crate::sse::SseError) -> RelayError {
     )
 }
 
-async fn read_capped(body: UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, RelayError> {
+async fn read_capped(
+    body: UpstreamBody,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, RelayError> {
     match timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
         Err(_) => Err(total_timeout()),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

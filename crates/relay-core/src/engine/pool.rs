@@ -80,8 +80,7 @@ impl Pool {
         if let Some(entry) = origins.get_mut(origin) {
             let now = Instant::now();
             while let Some(idle) = entry.idle.pop() {
-                if idle.sender.is_closed() || now.duration_since(idle.since) >= self.idle_timeout
-                {
+                if idle.sender.is_closed() || now.duration_since(idle.since) >= self.idle_timeout {
                     continue;
                 }
                 return (Some(idle.sender), entry.host.clone());
