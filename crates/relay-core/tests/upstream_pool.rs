@@ -1,6 +1,9 @@
 //! The upstream client's connection pool against a real loopback server that counts its
 //! connections and records what it was sent.
 
+// Helpers outside `#[test]` functions panic on purpose too: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
