@@ -143,11 +143,22 @@ fn client(idle_timeout_ms: u64) -> UpstreamClient {
     .unwrap()
 }
 
-async fn get(client: &UpstreamClient, server: &Server, path: &str) -> Bytes {
-    let req = http::Request::post(format!("http://{}{path}", server.addr))
+/// An empty POST to `path` on `addr`.
+fn post(addr: std::net::SocketAddr, path: &str) -> http::Request<Bytes> {
+    http::Request::post(format!("http://{addr}{path}"))
         .body(Bytes::new())
-        .unwrap();
-    let resp = client.send(req).await.unwrap();
+        .unwrap()
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &UpstreamClient, server: &Server, path: &str) -> Bytes {
+    let resp = client.send(post(server.addr, path)).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -193,9 +204,7 @@ async fn concurrent_requests_open_as_many_connections_then_reuse_them() {
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let server = server().await;
     let client = client(90_000);
-    let req = http::Request::post(format!("http://{}/big", server.addr))
-        .body(Bytes::new())
-        .unwrap();
+    let req = post(server.addr, "/big");
     let resp = client.send(req).await.unwrap();
     let mut body = resp.into_body();
     // One frame, then the reader goes away (a client that disconnected).
@@ -216,9 +225,7 @@ async fn a_stream_dropped_after_its_last_event_keeps_its_connection() {
     let server = server().await;
     let client = client(90_000);
     for _ in 0..5 {
-        let req = http::Request::post(format!("http://{}/stream", server.addr))
-            .body(Bytes::new())
-            .unwrap();
+        let req = post(server.addr, "/stream");
         let mut body = client.send(req).await.unwrap().into_body();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().as_ref(), b"data: [DONE]\n\n");
@@ -277,10 +284,7 @@ fn a_request_written_as_the_server_hangs_up_fails_retryably_and_the_connection_i
     // connection is never handed out again.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread_runtime();
         rt.block_on(async move {
             let server = server().await;
             tx.send((server.addr, server.accepted.clone())).unwrap();
@@ -293,17 +297,12 @@ fn a_request_written_as_the_server_hangs_up_fails_retryably_and_the_connection_i
         accepted,
         heads: Arc::default(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         let client = client(90_000);
         assert_eq!(get(&client, &server, "/linger").await, "ok");
         std::thread::sleep(Duration::from_millis(60));
-        let req = http::Request::post(format!("http://{}/", server.addr))
-            .body(Bytes::new())
-            .unwrap();
+        let req = post(server.addr, "/");
         match client.send(req).await {
             // The close was seen first after all: the request went out on a new one.
             Ok(resp) => assert_eq!(resp.status(), 200),
@@ -334,9 +333,7 @@ async fn connect_failures_are_connect_errors() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let req = http::Request::post(format!("http://{addr}/"))
-        .body(Bytes::new())
-        .unwrap();
+    let req = post(addr, "/");
     let err = client(90_000).send(req).await.unwrap_err();
     assert_eq!(err.kind(), relay_core::ErrorKind::Connect, "{err}");
     assert!(

@@ -168,7 +168,7 @@ fn leased(
         origin,
         sender,
     });
-    resp.map(|body| UpstreamBody::new(body, Some(lease)))
+    resp.map(|body| UpstreamBody::new(body, lease))
 }
 
 fn io_error(e: &hyper::Error) -> RelayError {

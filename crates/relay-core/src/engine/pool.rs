@@ -40,6 +40,16 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        now.duration_since(self.since) >= timeout
+    }
+
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && !self.expired(now, timeout)
+    }
+}
+
 /// The idle connections of one origin, and the `Host` header its requests carry.
 struct OriginIdle {
     host: HeaderValue,
@@ -80,10 +90,9 @@ impl Pool {
         if let Some(entry) = origins.get_mut(origin) {
             let now = Instant::now();
             while let Some(idle) = entry.idle.pop() {
-                if idle.sender.is_closed() || now.duration_since(idle.since) >= self.idle_timeout {
-                    continue;
+                if idle.usable(now, self.idle_timeout) {
+                    return (Some(idle.sender), entry.host.clone());
                 }
-                return (Some(idle.sender), entry.host.clone());
             }
             return (None, entry.host.clone());
         }
@@ -106,7 +115,7 @@ impl Pool {
             // Oldest first: drop the expired ones, then make room.
             let expired = idle
                 .iter()
-                .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                .take_while(|i| i.expired(now, self.idle_timeout))
                 .count();
             let over = (idle.len() - expired + 1).saturating_sub(self.max_idle);
             idle.drain(..expired + over);
@@ -120,9 +129,7 @@ impl Pool {
         let now = Instant::now();
         let mut origins = self.origins.lock();
         origins.retain(|_, entry| {
-            entry.idle.retain(|i| {
-                !i.sender.is_closed() && now.duration_since(i.since) < self.idle_timeout
-            });
+            entry.idle.retain(|i| i.usable(now, self.idle_timeout));
             !entry.idle.is_empty()
         });
     }
@@ -185,8 +192,11 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, lease: Option<Box<Lease>>) -> Self {
-        let mut body = UpstreamBody { inner, lease };
+    pub(crate) fn new(inner: Incoming, lease: Box<Lease>) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            lease: Some(lease),
+        };
         if body.inner.is_end_stream() {
             body.release();
         }
