@@ -33,7 +33,7 @@ impl CodecClient {
 
     /// Parse a body into its top-level fields, with the route's model and stream flag.
     pub fn body(bytes: &[u8], route: &RouteParams) -> Result<JsonObject, RelayError> {
-        let mut body: JsonObject = serde_json::from_slice(bytes).map_err(|e| {
+        let mut body = relay_core::parse_json_object(bytes).map_err(|e| {
             RelayError::bad_request(format!(
                 "We could not parse the JSON body of your request: {e}. The body must be a JSON object."
             ))

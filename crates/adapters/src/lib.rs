@@ -17,6 +17,7 @@ pub mod gemini;
 pub mod openai;
 pub mod provider;
 pub mod translate;
+mod uri_cache;
 
 pub use catalog::{PROVIDERS, ProviderSpec, default_codecs, default_registry};
 pub use client::CodecClient;

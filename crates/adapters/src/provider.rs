@@ -266,9 +266,15 @@ impl Adapter for ProviderAdapter {
         } else {
             "application/json"
         };
+        let uri = crate::uri_cache::parse(url).map_err(|e| {
+            RelayError::internal(format!(
+                "channel `{}` has an upstream URL that is not valid: {e}",
+                call.channel.id
+            ))
+        })?;
         let mut builder = http::Request::builder()
             .method(Method::POST)
-            .uri(url)
+            .uri(uri)
             .header(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

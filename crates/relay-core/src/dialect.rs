@@ -69,6 +69,41 @@ impl Operation {
 /// `JsonObject::default()`.
 pub type JsonObject = IndexMap<String, Box<RawValue>, foldhash::fast::RandomState>;
 
+/// Parse a JSON object into a [`JsonObject`]: what `serde_json::from_slice` does for the
+/// type, but with room for a request's usual members allocated once (serde's map visitor
+/// starts empty and grows the entries and the index two or three times).
+pub fn parse_json_object(bytes: &[u8]) -> Result<JsonObject, serde_json::Error> {
+    struct Body(JsonObject);
+    struct BodyVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+        type Value = Body;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+            let mut object = JsonObject::with_capacity_and_hasher(
+                map.size_hint().unwrap_or(0).max(12),
+                Default::default(),
+            );
+            while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                object.insert(key, value);
+            }
+            Ok(Body(object))
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Body {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(BodyVisitor)
+        }
+    }
+
+    serde_json::from_slice::<Body>(bytes).map(|b| b.0)
+}
+
 /// A decoded client request, ready for the engine.
 #[derive(Debug, Clone)]
 pub struct InboundRequest {
@@ -125,3 +160,25 @@ pub trait ClientDialect: Send + Sync + 'static {
 
 #[allow(dead_code)]
 fn _client_dialect_is_object_safe(_: &dyn ClientDialect) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_objects_as_serde_does_for_the_type() {
+        let body = br#"{"b":[1, 2],"a":{"x":"y"},"b":null,"c":"\u00e9"}"#;
+        let ours = parse_json_object(body).unwrap();
+        let theirs: JsonObject = serde_json::from_slice(body).unwrap();
+        let pairs = |o: &JsonObject| -> Vec<(String, String)> {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.get().to_owned()))
+                .collect()
+        };
+        assert_eq!(pairs(&ours), pairs(&theirs));
+        assert_eq!(ours.get("b").unwrap().get(), "null");
+        for bad in [&b"[1]"[..], b"{", b"\"s\"", b"{\"a\":1}x", b""] {
+            assert!(parse_json_object(bad).is_err(), "{bad:?}");
+        }
+    }
+}

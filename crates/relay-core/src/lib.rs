@@ -48,7 +48,9 @@ pub use adapter::{
 pub use config::{
     ChannelConfig, ConfigError, PresetConfig, PresetItem, RelayConfig, Secret, Strategy,
 };
-pub use dialect::{ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RouteParams};
+pub use dialect::{
+    ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RouteParams, parse_json_object,
+};
 pub use engine::{BuildError, Relay, RelayBody, RelayRequest, UpstreamBody, UpstreamClient};
 pub use error::{Disposition, ErrorKind, RelayError, Side};
 pub use usage::{MemorySink, NullSink, Outcome, Usage, UsageRecord, UsageSink};

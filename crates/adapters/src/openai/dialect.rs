@@ -1,26 +1,19 @@
 //! The client side of `openai-chat`: parse and validate requests, render errors.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use relay_core::{
     ClientDialect, DialectId, InboundRequest, JsonObject, Operation, RelayError, RouteParams,
 };
 
+use super::scan::{self, ObjectEvent};
+
 /// The OpenAI Chat Completions (and Embeddings) client dialect.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OpenAiDialect;
-
-#[derive(Deserialize)]
-struct MessagePeek<'a> {
-    #[serde(default, borrow)]
-    role: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    tool_calls: Option<&'a RawValue>,
-}
 
 #[derive(Deserialize)]
 struct StreamOptionsPeek {
@@ -36,6 +29,16 @@ const ROLES: &[&str] = &[
     "tool",
     "function",
 ];
+
+/// A role's text from its raw JSON value: the bytes between the quotes, or serde's
+/// decoding when the string has escapes; `None` when the value is not a string.
+fn role_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
 
 fn field<'a, T: Deserialize<'a>>(
     body: &'a JsonObject,
@@ -65,7 +68,7 @@ impl ClientDialect for OpenAiDialect {
         bytes: &[u8],
         _route: &RouteParams,
     ) -> Result<InboundRequest, RelayError> {
-        let body: JsonObject = serde_json::from_slice(bytes).map_err(|e| {
+        let body = relay_core::parse_json_object(bytes).map_err(|e| {
             RelayError::bad_request(format!(
                 "We could not parse the JSON body of your request: {e}. The body must be a JSON object."
             ))
@@ -92,44 +95,61 @@ impl ClientDialect for OpenAiDialect {
                 let raw = body.get("messages").ok_or_else(|| {
                     RelayError::invalid_param("messages", "Missing required parameter: 'messages'.")
                 })?;
-                let messages: Vec<MessagePeek<'_>> =
-                    serde_json::from_str(raw.get()).map_err(|_| {
-                        RelayError::invalid_param(
-                            "messages",
-                            "Invalid type for 'messages': expected an array of message objects.",
-                        )
-                    })?;
-                if messages.is_empty() {
+                let not_messages = || {
+                    RelayError::invalid_param(
+                        "messages",
+                        "Invalid type for 'messages': expected an array of message objects.",
+                    )
+                };
+                // One walk over the messages serde has just checked: each must be an
+                // object with a known role; content sizes give the prompt estimate.
+                let mut count = 0usize;
+                let mut chars = 0;
+                let mut bad_role: Option<(usize, Option<String>)> = None;
+                let mut role = None;
+                scan::for_each_object(raw.get().as_bytes(), |event| {
+                    match event {
+                        ObjectEvent::Member(b"role", value) => role = Some(value),
+                        ObjectEvent::Member(b"content" | b"tool_calls", value) => {
+                            if value != b"null" {
+                                chars += value.len();
+                            }
+                        }
+                        ObjectEvent::Member(..) => {}
+                        ObjectEvent::End => {
+                            match role.take().and_then(role_text) {
+                                Some(r) if ROLES.contains(&r.as_ref()) => {}
+                                other => {
+                                    bad_role = Some((count, other.map(|r| r.into_owned())));
+                                    return None;
+                                }
+                            }
+                            count += 1;
+                        }
+                    }
+                    Some(())
+                })
+                .or_else(|| bad_role.is_some().then_some(()))
+                .ok_or_else(not_messages)?;
+                if let Some((i, role)) = bad_role {
+                    return Err(match role {
+                        Some(r) => RelayError::invalid_param(
+                            &format!("messages[{i}].role"),
+                            format!(
+                                "Invalid value for 'messages[{i}].role': {r:?} is not one of {ROLES:?}."
+                            ),
+                        ),
+                        None => RelayError::invalid_param(
+                            &format!("messages[{i}].role"),
+                            format!("Missing required parameter: 'messages[{i}].role' (a string)."),
+                        ),
+                    });
+                }
+                if count == 0 {
                     return Err(RelayError::invalid_param(
                         "messages",
                         "Invalid value for 'messages': it must contain at least one message.",
                     ));
-                }
-                let mut chars = 0;
-                for (i, m) in messages.iter().enumerate() {
-                    let role: Option<&str> =
-                        m.role.and_then(|r| serde_json::from_str(r.get()).ok());
-                    match role {
-                        Some(r) if ROLES.contains(&r) => {}
-                        Some(r) => {
-                            return Err(RelayError::invalid_param(
-                                &format!("messages[{i}].role"),
-                                format!(
-                                    "Invalid value for 'messages[{i}].role': {r:?} is not one of {ROLES:?}."
-                                ),
-                            ));
-                        }
-                        None => {
-                            return Err(RelayError::invalid_param(
-                                &format!("messages[{i}].role"),
-                                format!(
-                                    "Missing required parameter: 'messages[{i}].role' (a string)."
-                                ),
-                            ));
-                        }
-                    }
-                    chars += m.content.map_or(0, |c| c.get().len());
-                    chars += m.tool_calls.map_or(0, |c| c.get().len());
                 }
                 chars
             }
@@ -214,6 +234,51 @@ mod tests {
             (
                 r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
                 "Invalid type for 'stream'",
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status_code().as_u16(), 400, "{body}");
+            assert!(e.message().contains(needle), "{body}: {}", e.message());
+        }
+    }
+
+    #[test]
+    fn walks_every_message_once_with_the_same_answers_as_serde() {
+        // Escaped role text, null content, tool calls, whitespace between tokens.
+        let r = parse(
+            r#"{"model":"m","messages":[ {"role":"\u0075ser","content":"abcd"},
+              {"role" : "assistant", "content":null, "tool_calls":[{"id":"t"}]},
+              {"role":"tool","content":["x"]} ]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.prompt_chars,
+            "\"abcd\"".len() + r#"[{"id":"t"}]"#.len() + r#"["x"]"#.len()
+        );
+        for (body, needle) in [
+            (
+                r#"{"model":"m","messages":[{"role":"user"},{"role":"robot"}]}"#,
+                "'messages[1].role': \"robot\"",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"},{"role":null}]}"#,
+                "Missing required parameter: 'messages[1].role'",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"},{"role":7}]}"#,
+                "Missing required parameter: 'messages[1].role'",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"},"hi"]}"#,
+                "Invalid type for 'messages'",
+            ),
+            (
+                r#"{"model":"m","messages":null}"#,
+                "Invalid type for 'messages'",
+            ),
+            (
+                r#"{"model":"m","messages":{"role":"user"}}"#,
+                "Invalid type for 'messages'",
             ),
         ] {
             let e = parse(body).unwrap_err();

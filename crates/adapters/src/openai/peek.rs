@@ -70,26 +70,30 @@ impl ResponsePeek {
     /// `usage` (a fraction of a full parse's cost on long answers), or serde when the scan
     /// does not recognise the body, so malformed bodies get serde's precise error.
     pub(crate) fn from_body(body: &[u8]) -> Result<ResponsePeek, serde_json::Error> {
-        let Some(members) = super::scan::top_level_members(body) else {
-            return serde_json::from_slice(body);
-        };
+        let mut usage: Option<&[u8]> = None;
         let mut peek = ResponsePeek {
             usage: None,
             error: None,
             choices: None,
             data: None,
         };
-        for (key, value) in members {
+        let scanned = super::scan::for_each_member(body, |key, value| {
             if value == b"null" {
-                continue;
+                return;
             }
             match key {
-                b"usage" => peek.usage = Some(serde_json::from_slice(value)?),
+                b"usage" => usage = Some(value),
                 b"error" => peek.error = Some(IgnoredAny),
                 b"choices" => peek.choices = Some(IgnoredAny),
                 b"data" => peek.data = Some(IgnoredAny),
                 _ => {}
             }
+        });
+        if scanned.is_none() {
+            return serde_json::from_slice(body);
+        }
+        if let Some(usage) = usage {
+            peek.usage = Some(serde_json::from_slice(usage)?);
         }
         Ok(peek)
     }

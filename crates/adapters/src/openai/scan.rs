@@ -6,42 +6,58 @@
 //! The scan checks structure (strings, nesting, separators), not the grammar of numbers
 //! and literals nor control characters inside strings (the body is forwarded as the
 //! upstream sent it, as any proxy would); anything it does not recognise yields `None`,
-//! and the caller falls back to serde, which reports the error precisely.
+//! and the caller falls back to serde, which reports the error precisely. The same scan
+//! walks the messages of a client's request, which serde has already checked.
 
 use memchr::memchr2;
 
-/// The top-level members of a JSON object: `(key, raw value)` pairs, keys without
-/// their quotes and undecoded (a key with an escape is returned escaped).
-pub(crate) fn top_level_members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+/// Calls `f(key, raw value)` for each member of the JSON object `body`, in order, keys
+/// without their quotes and undecoded (a key with an escape comes escaped). `None` when
+/// `body` is not one whole object; `f` may have seen some members by then.
+pub(crate) fn for_each_member<'a>(
+    body: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]),
+) -> Option<()> {
     let mut s = Scanner { b: body, i: 0 };
     s.ws();
-    s.eat(b'{')?;
-    let mut members = Vec::with_capacity(8);
+    s.object(0, &mut f)?;
     s.ws();
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            s.ws();
-            let key_start = s.i;
-            s.string()?;
-            let key = &body[key_start + 1..s.i - 1];
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let value_start = s.i;
-            s.value(0)?;
-            members.push((key, &body[value_start..s.i]));
-            s.ws();
-            match s.next()? {
-                b',' => continue,
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+    (s.i == body.len()).then_some(())
+}
+
+/// What [`for_each_object`] reports, in document order.
+pub(crate) enum ObjectEvent<'a> {
+    /// A member of the current element: key (as in [`for_each_member`]) and raw value.
+    Member(&'a [u8], &'a [u8]),
+    /// The current element ended.
+    End,
+}
+
+/// Walks a JSON array of objects in one pass, calling `f` for each member of each
+/// element and at each element's end; `f` answering `None` to an `End` stops the walk.
+/// `None` when `body` is not one whole array of objects or `f` stopped it.
+pub(crate) fn for_each_object<'a>(
+    body: &'a [u8],
+    mut f: impl FnMut(ObjectEvent<'a>) -> Option<()>,
+) -> Option<()> {
+    let mut s = Scanner { b: body, i: 0 };
     s.ws();
-    (s.i == body.len()).then_some(members)
+    s.array(0, &mut |s, depth| {
+        s.object(depth, &mut |key, value| {
+            let _ = f(ObjectEvent::Member(key, value));
+        })?;
+        f(ObjectEvent::End)
+    })?;
+    s.ws();
+    (s.i == body.len()).then_some(())
+}
+
+/// The members of a JSON object as `(key, raw value)` pairs (see [`for_each_member`]).
+#[cfg(test)]
+pub(crate) fn top_level_members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut members = Vec::new();
+    for_each_member(body, |k, v| members.push((k, v)))?;
+    Some(members)
 }
 
 /// Deepest nesting the scan follows (serde_json's own limit is 128).
@@ -52,7 +68,7 @@ struct Scanner<'a> {
     i: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -89,52 +105,67 @@ impl Scanner<'_> {
         }
     }
 
+    /// An object at `i`, calling `f(key, raw value)` for each member.
+    fn object(&mut self, depth: usize, f: &mut impl FnMut(&'a [u8], &'a [u8])) -> Option<()> {
+        let b = self.b;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key_start = self.i;
+            self.string()?;
+            let key = &b[key_start + 1..self.i - 1];
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let value_start = self.i;
+            self.value(depth + 1)?;
+            f(key, &b[value_start..self.i]);
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array at `i`; `element(scanner, depth)` scans each element.
+    fn array(
+        &mut self,
+        depth: usize,
+        element: &mut impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'[')?;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            element(self, depth + 1)?;
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
     fn value(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
         match self.peek()? {
             b'"' => self.string(),
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
+            b'{' => self.object(depth, &mut |_, _| {}),
+            b'[' => self.array(depth, &mut |s, depth| s.value(depth)),
             _ => {
                 let start = self.i;
                 while let Some(b'0'..=b'9' | b'a'..=b'z' | b'.' | b'+' | b'-' | b'E') = self.peek()
