@@ -40,6 +40,22 @@ fn role_text(raw: &[u8]) -> Option<Cow<'_, str>> {
     serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
 }
 
+/// A member's key as the scan gives it (between the quotes, undecoded), decoded when it
+/// has escapes (`"r\u006fle"` is `role`, as serde would read it).
+fn key_text(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.contains(&b'\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    match serde_json::from_slice::<String>(&quoted) {
+        Ok(key) => Cow::Owned(key.into_bytes()),
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
 fn field<'a, T: Deserialize<'a>>(
     body: &'a JsonObject,
     name: &str,
@@ -109,13 +125,13 @@ impl ClientDialect for OpenAiDialect {
                 let mut role = None;
                 scan::for_each_object(raw.get().as_bytes(), |event| {
                     match event {
-                        ObjectEvent::Member(b"role", value) => role = Some(value),
-                        ObjectEvent::Member(b"content" | b"tool_calls", value) => {
-                            if value != b"null" {
+                        ObjectEvent::Member(key, value) => match &*key_text(key) {
+                            b"role" => role = Some(value),
+                            b"content" | b"tool_calls" if value != b"null" => {
                                 chars += value.len();
                             }
-                        }
-                        ObjectEvent::Member(..) => {}
+                            _ => {}
+                        },
                         ObjectEvent::End => {
                             match role.take().and_then(role_text) {
                                 Some(r) if ROLES.contains(&r.as_ref()) => {}
@@ -244,9 +260,9 @@ mod tests {
 
     #[test]
     fn walks_every_message_once_with_the_same_answers_as_serde() {
-        // Escaped role text, null content, tool calls, whitespace between tokens.
+        // Escaped keys and role text, null content, tool calls, whitespace between tokens.
         let r = parse(
-            r#"{"model":"m","messages":[ {"role":"\u0075ser","content":"abcd"},
+            r#"{"model":"m","messages":[ {"r\u006fle":"\u0075ser","content":"abcd"},
               {"role" : "assistant", "content":null, "tool_calls":[{"id":"t"}]},
               {"role":"tool","content":["x"]} ]}"#,
         )
