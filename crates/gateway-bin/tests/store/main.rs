@@ -544,12 +544,7 @@ async fn a_killed_gateways_quota_hold_is_released_by_the_next_one() {
             ..Behavior::default()
         })
         .await;
-        let dir = std::env::temp_dir().join(format!(
-            "relay-gw-crash-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("relay-gw-crash");
         let config_path = dir.join("gateway.toml");
         std::fs::write(
             &config_path,

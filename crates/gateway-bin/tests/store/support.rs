@@ -49,6 +49,33 @@ pub struct Gw {
     pub admin: String,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub config_path: PathBuf,
+    /// The config's directory, removed when the gateway is dropped (fields drop in order).
+    _dir: TempDir,
+}
+
+/// A fresh directory under the system temp dir, removed (with what is in it) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub struct Reply {
@@ -92,12 +119,7 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// Start a gateway on `db` with this config (written next to a fresh directory).
 pub async fn gateway(db: &Db, config: &str) -> Gw {
-    let dir = std::env::temp_dir().join(format!(
-        "relay-gw-test-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("relay-gw-test");
     let config_path = dir.join("gateway.toml");
     std::fs::write(&config_path, config).unwrap();
     let parsed = GatewayConfig::parse(config).unwrap();
@@ -121,6 +143,7 @@ pub async fn gateway(db: &Db, config: &str) -> Gw {
         admin,
         client: client(),
         config_path,
+        _dir: dir,
     }
 }
 
