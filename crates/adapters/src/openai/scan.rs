@@ -105,13 +105,33 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The opening bracket of a container at `i`; `true` when the container is empty
+    /// (and then consumed whole).
+    fn open(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.eat(open)?;
+        self.ws();
+        let empty = self.peek() == Some(close);
+        if empty {
+            self.i += 1;
+        }
+        Some(empty)
+    }
+
+    /// After a member or element: `true` on a comma (another follows), `false` on the
+    /// closing bracket, `None` on anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.next()? {
+            b',' => Some(true),
+            c if c == close => Some(false),
+            _ => None,
+        }
+    }
+
     /// An object at `i`, calling `f(key, raw value)` for each member.
     fn object(&mut self, depth: usize, f: &mut impl FnMut(&'a [u8], &'a [u8])) -> Option<()> {
         let b = self.b;
-        self.eat(b'{')?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if self.open(b'{', b'}')? {
             return Some(());
         }
         loop {
@@ -125,11 +145,8 @@ impl<'a> Scanner<'a> {
             let value_start = self.i;
             self.value(depth + 1)?;
             f(key, &b[value_start..self.i]);
-            self.ws();
-            match self.next()? {
-                b',' => continue,
-                b'}' => return Some(()),
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
         }
     }
@@ -140,20 +157,14 @@ impl<'a> Scanner<'a> {
         depth: usize,
         element: &mut impl FnMut(&mut Self, usize) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'[')?;
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
+        if self.open(b'[', b']')? {
             return Some(());
         }
         loop {
             self.ws();
             element(self, depth + 1)?;
-            self.ws();
-            match self.next()? {
-                b',' => continue,
-                b']' => return Some(()),
-                _ => return None,
+            if !self.more(b']')? {
+                return Some(());
             }
         }
     }
