@@ -341,3 +341,34 @@ async fn connect_failures_are_connect_errors() {
         "{err}"
     );
 }
+
+/// `https` origins go through TLS: the server sees a TLS
+/// handshake record, not an HTTP request line; other schemes are refused.
+#[test]
+fn https_origins_speak_tls_and_other_schemes_are_refused() {
+    current_thread_runtime().block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut byte = [0u8; 1];
+            sock.read_exact(&mut byte).await.unwrap();
+            // Close without answering: the handshake fails on the client side.
+            byte[0]
+        });
+        let client = client(1_000);
+        let req = http::Request::post(format!("https://{addr}/v1/x"))
+            .body(Bytes::new())
+            .unwrap();
+        let err = client.send(req).await.unwrap_err();
+        // 0x16: the TLS record type of a handshake (the ClientHello).
+        assert_eq!(first.await.unwrap(), 0x16);
+        assert!(err.is_retryable(), "a failed TLS connect is retryable: {err}");
+
+        let req = http::Request::post(format!("ftp://{addr}/v1/x"))
+            .body(Bytes::new())
+            .unwrap();
+        let err = client.send(req).await.unwrap_err();
+        assert!(err.to_string().contains("scheme ftp"), "{err}");
+    });
+}
