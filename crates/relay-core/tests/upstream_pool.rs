@@ -363,7 +363,10 @@ fn https_origins_speak_tls_and_other_schemes_are_refused() {
         let err = client.send(req).await.unwrap_err();
         // 0x16: the TLS record type of a handshake (the ClientHello).
         assert_eq!(first.await.unwrap(), 0x16);
-        assert!(err.is_retryable(), "a failed TLS connect is retryable: {err}");
+        assert!(
+            err.is_retryable(),
+            "a failed TLS connect is retryable: {err}"
+        );
 
         let req = http::Request::post(format!("ftp://{addr}/v1/x"))
             .body(Bytes::new())
