@@ -27,6 +27,18 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The `q` quantile of `v` by nearest rank (the smallest value with at least
+/// `q` of the samples at or below it).
+fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
 /// CPU µs the target spent per successful answer in a round.
 fn cpu_per_request(r: &Round) -> Option<f64> {
     let ticks = r.target_ticks?;
@@ -120,7 +132,32 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
         ] {
             v[format!("{m}_{q}")] = json!(med(&|r| metric(&r.result, m, q)));
         }
+        // TTFT p99 over every round's answers together (a streaming round has
+        // about 100 streams, so its own p99 is its slowest stream).
+        let pooled: Vec<f64> = mine
+            .iter()
+            .filter_map(|r| r.result["results"]["ttft_samples_us"].as_array())
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        v["ttft_samples"] = json!(pooled.len());
+        v["ttft_p99_pooled"] = json!(quantile(pooled, 0.99));
         out.push(v);
+    }
+    // Added TTFT p99 over the pooled samples: target minus direct.
+    let snapshot = out.clone();
+    for v in &mut out {
+        let direct = snapshot.iter().find(|o| {
+            o["scenario"] == v["scenario"]
+                && o["case"] == v["case"]
+                && o["load"] == v["load"]
+                && o["target"] == "direct"
+        });
+        let added = v["ttft_p99_pooled"]
+            .as_f64()
+            .zip(direct.and_then(|d| d["ttft_p99_pooled"].as_f64()))
+            .map(|(a, b)| a - b);
+        v["added"]["ttft_p99_pooled"] = json!(added);
     }
     // Ratios to direct and to nginx of the same load.
     let snapshot = out.clone();
@@ -313,10 +350,19 @@ pub(crate) fn budgets(aggs: &[Value], idle: &[Value]) -> Vec<Value> {
     let streaming = find(aggs, "streaming", "relay");
     match streaming.first() {
         Some(s) => {
-            let ttft = s["added"]["ttft_p99"].as_f64();
+            // Judged on the p99 of all rounds' streams together: a round's own
+            // p99 (about 100 streams) is its slowest stream. Its median is shown.
+            let pooled = s["added"]["ttft_p99_pooled"].as_f64();
+            let per_round = s["added"]["ttft_p99"].as_f64();
+            let ttft = pooled.or(per_round);
             line(
                 "Streaming added TTFT p99 <= 150 µs",
-                format!("{} µs", f(ttft, 1)),
+                format!(
+                    "{} µs over {} streams pooled; median of the rounds' own p99: {} µs",
+                    f(pooled, 1),
+                    s["ttft_samples"],
+                    f(per_round, 1)
+                ),
                 ttft.map(|x| x <= 150.0),
             );
             let transit = s["added"]["transit_p99"].as_f64();
@@ -624,8 +670,15 @@ fn columns(scenario: &str) -> Vec<Column> {
         "streaming" => vec![
             load,
             target,
-            ("TTFT p99 µs", |v| num(&v["ttft_p99"], 1)),
-            ("added TTFT p99", |v| num(&v["added"]["ttft_p99"], 1)),
+            ("TTFT p50 µs", |v| num(&v["ttft_p50"], 1)),
+            ("TTFT p99 µs (pooled)", |v| num(&v["ttft_p99_pooled"], 1)),
+            ("added TTFT p99 (pooled)", |v| {
+                num(&v["added"]["ttft_p99_pooled"], 1)
+            }),
+            ("added TTFT p99 (median of rounds)", |v| {
+                num(&v["added"]["ttft_p99"], 1)
+            }),
+            ("streams", |v| v["ttft_samples"].to_string()),
             ("gap p99 µs", |v| num(&v["gap_p99"], 1)),
             ("added gap p99", |v| num(&v["added"]["gap_p99"], 1)),
             ("transit p50 µs", |v| num(&v["transit_p50"], 1)),
@@ -784,4 +837,66 @@ pub(crate) fn markdown(doc: &Value) -> String {
         "The capacity scenarios (streams, memory) run unpinned, so the mock and relay-load can use both cores; \"mock+load CPU %\" is their CPU in % of one core (about 100 % pinned: the load generator's core is saturated and the figure is the harness's ceiling, not the target's). Added = target minus direct in the same round, median over rounds. CPU µs/req = the target's utime+stime over the round ÷ answers (warm-up included). Compare machines only through ratios to each rig's own floor (direct, nginx)."
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(v.clone(), 0.99), Some(99.0));
+        assert_eq!(quantile(v, 0.5), Some(50.0));
+        // About 100 samples: the p99 is the slowest one, hence pooling.
+        let v: Vec<f64> = (1..=96).map(f64::from).collect();
+        assert_eq!(quantile(v, 0.99), Some(96.0));
+        assert_eq!(quantile(vec![f64::NAN], 0.99), None);
+    }
+
+    fn round(target: &'static str, round: usize, ttft: &[f64]) -> Round {
+        Round {
+            scenario: "streaming",
+            case: "64x20ms".into(),
+            load: "c=32".into(),
+            target,
+            round,
+            result: json!({"results": {"ttft_samples_us": ttft, "metrics": {}}}),
+            target_ticks: None,
+            rss_before_kib: None,
+            rss_after_kib: None,
+            rss_peak_kib: None,
+            mock_ticks: None,
+            harness_util: None,
+            foreign_cores: None,
+            loadavg: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn ttft_p99_pools_the_rounds() {
+        // Two rounds of 100 streams each: direct 100..=199 µs in both, the relay
+        // 150 µs more, but its first round's slowest stream took 5 ms.
+        let direct: Vec<f64> = (100..200).map(f64::from).collect();
+        let relay: Vec<f64> = direct.iter().map(|x| x + 150.0).collect();
+        let rounds = vec![
+            round("direct", 1, &direct),
+            round("relay", 1, &{
+                let mut r = relay.clone();
+                r[99] = 5_000.0;
+                r
+            }),
+            round("direct", 2, &direct),
+            round("relay", 2, &relay),
+        ];
+        let aggs = aggregate(&rounds);
+        let relay_agg = aggs.iter().find(|a| a["target"] == "relay").unwrap();
+        assert_eq!(relay_agg["ttft_samples"], 200);
+        // Rank 198 of 200: the one 5 ms stream does not decide the p99.
+        assert_eq!(relay_agg["ttft_p99_pooled"].as_f64(), Some(348.0));
+        assert_eq!(relay_agg["added"]["ttft_p99_pooled"].as_f64(), Some(150.0));
+    }
 }

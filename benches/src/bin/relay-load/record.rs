@@ -12,6 +12,11 @@ use crate::request::Outcome;
 /// Highest value tracked: 10 minutes in nanoseconds.
 const MAX_NS: u64 = 600_000_000_000;
 
+/// Time-to-first-frame samples kept verbatim, at most: enough for every stream
+/// of a streaming round (about 100 to 1,000), so a harness can pool rounds
+/// into one p99 instead of taking a median of per-round maxima.
+const TTFT_SAMPLES_KEPT: usize = 10_000;
+
 /// The histograms, in the order they are reported.
 const METRICS: [&str; 7] = [
     "latency", "service", "headers", "ttft", "gap", "transit", "send_lag",
@@ -31,6 +36,10 @@ pub(crate) struct Recorder {
     frames_lost: u64,
     frames_extra: u64,
     bytes: u64,
+    /// TTFT of every answer, ns, while there are at most [`TTFT_SAMPLES_KEPT`].
+    ttft_samples: Vec<u64>,
+    /// More answers than that: the samples are not reported.
+    ttft_overflow: bool,
 }
 
 /// Three significant digits from 1 ns to [`MAX_NS`].
@@ -60,6 +69,8 @@ impl Recorder {
             frames_lost: 0,
             frames_extra: 0,
             bytes: 0,
+            ttft_samples: Vec::new(),
+            ttft_overflow: false,
         })
     }
 
@@ -108,7 +119,13 @@ impl Recorder {
             self.put(2, nanos(o.start, h));
         }
         if let Some(f) = o.first {
-            self.put(3, nanos(o.start, f));
+            let ns = nanos(o.start, f);
+            self.put(3, ns);
+            if self.ttft_samples.len() < TTFT_SAMPLES_KEPT {
+                self.ttft_samples.push(ns);
+            } else {
+                self.ttft_overflow = true;
+            }
         }
         for &g in &o.gaps_ns {
             self.put(4, g);
@@ -158,6 +175,12 @@ impl Recorder {
             "frames_lost": self.frames_lost,
             "frames_extra": self.frames_extra,
             "metrics": metrics,
+            // Every answer's TTFT (µs), when there were few enough to list.
+            "ttft_samples_us": if self.ttft_overflow || self.ttft_samples.is_empty() {
+                Value::Null
+            } else {
+                json!(self.ttft_samples.iter().map(|&ns| (ns as f64 / 100.0).round() / 10.0).collect::<Vec<f64>>())
+            },
         })
     }
 
