@@ -1,6 +1,7 @@
 //! The `openai-chat` dialect: the client-side request parser with its pass-through fast
 //! path, the codec over the typed wire structs, and the same-dialect stream observer.
 
+mod chunk;
 mod codec;
 mod dialect;
 mod errors;

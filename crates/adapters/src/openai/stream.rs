@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use relay_core::sse::{SseEvent, encode_event};
 use relay_core::{ErrorKind, RelayError, Side, StreamProgress, StreamTranslator, Usage};
 
+use super::chunk::ChunkSummary;
 use super::errors::error_body;
 use super::peek::ChunkPeek;
 
@@ -44,52 +45,19 @@ impl StreamTranslator for PassthroughStream {
                 done: true,
             });
         }
-        let chunk: ChunkPeek<'_> = serde_json::from_slice(&event.data).map_err(|e| {
-            RelayError::new(
-                ErrorKind::UpstreamProtocol,
-                Side::Upstream,
-                format!("the upstream sent a stream chunk that is not valid JSON: {e}"),
-            )
-        })?;
-        if let Some(err) = chunk.error {
-            let message = err.message.as_deref().unwrap_or("(no message)");
-            return Err(RelayError::upstream_status(
-                502,
-                format!("the upstream reported an error mid-stream: {message}"),
-            ));
+        let chunk = match ChunkSummary::scan(&event.data) {
+            Some(summary) => summary,
+            None => summarize_with_serde(&event.data)?,
+        };
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
         }
-        if let Some(u) = &chunk.usage {
-            self.usage = Some(u.to_usage());
-        }
-        let choices = chunk.choices.as_deref().unwrap_or_default();
-        if choices.is_empty() && chunk.usage.is_some() && !self.client_wants_usage {
+        if !chunk.has_choices && chunk.usage.is_some() && !self.client_wants_usage {
             return Ok(StreamProgress::default());
         }
-        let mut content = false;
-        for choice in choices {
-            if choice.finish_reason.is_some() {
-                content = true;
-                self.finished = true;
-            }
-            let Some(delta) = &choice.delta else { continue };
-            for text in [&delta.content, &delta.reasoning_content, &delta.refusal]
-                .into_iter()
-                .flatten()
-            {
-                if !text.is_empty() {
-                    content = true;
-                    self.produced += text.chars().count();
-                }
-            }
-            if let Some(calls) = &delta.tool_calls {
-                content |= !calls.is_empty();
-                for f in calls.iter().filter_map(|c| c.function.as_ref()) {
-                    self.produced += f.name.as_deref().map_or(0, str::len)
-                        + f.arguments.as_deref().map_or(0, str::len);
-                }
-            }
-            content |= delta.function_call.is_some();
-        }
+        self.finished |= chunk.finished;
+        self.produced += chunk.produced;
+        let content = chunk.content;
         encode_event(out, None, &event.data);
         Ok(StreamProgress {
             content,
@@ -121,6 +89,26 @@ impl StreamTranslator for PassthroughStream {
     fn produced_chars(&self) -> usize {
         self.produced
     }
+}
+
+/// A chunk the scan did not take: serde decodes it and judges it (an upstream `error`
+/// member or a malformed chunk ends the stream with an error).
+fn summarize_with_serde(data: &[u8]) -> Result<ChunkSummary, RelayError> {
+    let chunk: ChunkPeek<'_> = serde_json::from_slice(data).map_err(|e| {
+        RelayError::new(
+            ErrorKind::UpstreamProtocol,
+            Side::Upstream,
+            format!("the upstream sent a stream chunk that is not valid JSON: {e}"),
+        )
+    })?;
+    if let Some(err) = chunk.error {
+        let message = err.message.as_deref().unwrap_or("(no message)");
+        return Err(RelayError::upstream_status(
+            502,
+            format!("the upstream reported an error mid-stream: {message}"),
+        ));
+    }
+    Ok(ChunkSummary::from_peek(&chunk))
 }
 
 #[cfg(test)]
