@@ -144,21 +144,6 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
         v["ttft_p99_pooled"] = json!(quantile(pooled, 0.99));
         out.push(v);
     }
-    // Added TTFT p99 over the pooled samples: target minus direct.
-    let snapshot = out.clone();
-    for v in &mut out {
-        let direct = snapshot.iter().find(|o| {
-            o["scenario"] == v["scenario"]
-                && o["case"] == v["case"]
-                && o["load"] == v["load"]
-                && o["target"] == "direct"
-        });
-        let added = v["ttft_p99_pooled"]
-            .as_f64()
-            .zip(direct.and_then(|d| d["ttft_p99_pooled"].as_f64()))
-            .map(|(a, b)| a - b);
-        v["added"]["ttft_p99_pooled"] = json!(added);
-    }
     // Ratios to direct and to nginx of the same load.
     let snapshot = out.clone();
     for v in &mut out {
@@ -178,6 +163,14 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
         let nginx = peer("nginx").cloned();
         // The plugin and usage-logging variants are compared with the bare gateway.
         let relay = peer("relay").cloned();
+        // Added TTFT p99 over the pooled samples: target minus direct.
+        let pooled_direct = direct.as_ref().and_then(|d| d["ttft_p99_pooled"].as_f64());
+        v["added"]["ttft_p99_pooled"] = json!(
+            v["ttft_p99_pooled"]
+                .as_f64()
+                .zip(pooled_direct)
+                .map(|(a, b)| a - b)
+        );
         v["throughput_vs_direct"] = ratio(
             &v["throughput_rps"],
             direct.as_ref().map(|d| &d["throughput_rps"]),
