@@ -77,12 +77,19 @@ impl ChunkSummary {
         let (mut usage, mut choices) = (None, None);
         let mut seen = Seen::default();
         scan::for_each_member(data, |key, value| {
-            match seen.read(key, value, &[b"usage", b"choices", b"error"]) {
-                Some(0) => usage = Some(value),
-                Some(1) => choices = Some(value),
-                // An error chunk: serde decodes its message.
-                Some(_) => seen.refused = true,
-                None => {}
+            let bit = match key {
+                b"usage" => 1,
+                b"choices" => 2,
+                b"error" => 4,
+                _ => return seen.other(key),
+            };
+            if seen.first(bit) && value != b"null" {
+                match bit {
+                    1 => usage = Some(value),
+                    2 => choices = Some(value),
+                    // An error chunk: serde decodes its message.
+                    _ => seen.refused = true,
+                }
             }
         })?;
         if seen.refused {
@@ -95,14 +102,22 @@ impl ChunkSummary {
             let mut seen = Seen::default();
             scan::for_each_object(raw, |event| match event {
                 ObjectEvent::Member(key, value) => {
-                    match seen.read(key, value, &[b"delta", b"finish_reason"]) {
-                        Some(0) => seen.refused |= delta(value, &mut sum).is_none(),
-                        Some(_) => {
+                    let bit = match key {
+                        b"delta" => 1,
+                        b"finish_reason" => 2,
+                        _ => {
+                            seen.other(key);
+                            return Some(());
+                        }
+                    };
+                    if seen.first(bit) && value != b"null" {
+                        if bit == 2 {
                             seen.refused |= text_chars(value).is_none();
                             sum.content = true;
                             sum.finished = true;
+                        } else {
+                            seen.refused |= delta(value, &mut sum).is_none();
                         }
-                        None => {}
                     }
                     Some(())
                 }
@@ -126,54 +141,57 @@ struct Seen {
 }
 
 impl Seen {
-    /// Which of `names` (at most 8) the member `key` is, when the relay should read
-    /// it: on its first sighting, with a value other than `null`. `None` for anything
-    /// else, refusing the object (serde decides) on a repeated name, or on a key with
-    /// an escape, which could decode to one of the names.
+    /// Marks `bit` seen; false (and refused: serde reports the duplicate) if it was.
     ///
-    /// The duplicate check is written with a branch on purpose: the branch-free form
-    /// (`let first = self.bits & bit == 0; self.bits |= bit; self.refused |= !first`)
-    /// is miscompiled in release builds by rustc 1.95 (and nightly 1.97): `refused`
-    /// came out true for a first sighting, so every chunk went to serde. The
-    /// release-mode run of these tests in `scripts/test` guards it.
-    fn read(&mut self, key: &[u8], value: &[u8], names: &[&[u8]]) -> Option<usize> {
-        let Some(index) = names.iter().position(|name| *name == key) else {
-            self.refused |= key.contains(&b'\\');
-            return None;
-        };
-        let bit = 1u8 << index;
+    /// Written with a branch on purpose: the branch-free form (`let first = self.bits &
+    /// bit == 0; self.bits |= bit; self.refused |= !first; first`) is miscompiled in
+    /// release builds by rustc 1.95 (and nightly 1.97): `refused` came out true for a
+    /// first sighting, so every chunk went to serde. The release-mode run of these tests
+    /// in `scripts/test` guards it.
+    fn first(&mut self, bit: u8) -> bool {
         if self.bits & bit != 0 {
             self.refused = true;
-            return None;
+            return false;
         }
         self.bits |= bit;
-        (value != b"null").then_some(index)
+        true
+    }
+
+    /// A member the relay does not read: fine unless its key has an escape, which
+    /// could decode to one it does read.
+    fn other(&mut self, key: &[u8]) {
+        self.refused |= key.contains(&b'\\');
     }
 }
 
 /// A delta's text members and calls, added to `sum`; `None` when serde must decide.
 fn delta(raw: &[u8], sum: &mut ChunkSummary) -> Option<()> {
     let mut seen = Seen::default();
-    const NAMES: [&[u8]; 5] = [
-        b"content",
-        b"reasoning_content",
-        b"refusal",
-        b"tool_calls",
-        b"function_call",
-    ];
-    scan::for_each_member(raw, |key, value| match seen.read(key, value, &NAMES) {
-        // Tool calls are counted by serde (names and arguments, decoded).
-        Some(3) => seen.refused = true,
-        Some(4) => sum.content = true,
-        Some(_) => match text_chars(value) {
-            Some(0) => {}
-            Some(chars) => {
-                sum.content = true;
-                sum.produced += chars;
-            }
-            None => seen.refused = true,
-        },
-        None => {}
+    scan::for_each_member(raw, |key, value| {
+        let bit = match key {
+            b"content" => 1,
+            b"reasoning_content" => 2,
+            b"refusal" => 4,
+            b"tool_calls" => 8,
+            b"function_call" => 16,
+            _ => return seen.other(key),
+        };
+        if !seen.first(bit) || value == b"null" {
+            return;
+        }
+        match bit {
+            // Tool calls are counted by serde (names and arguments, decoded).
+            8 => seen.refused = true,
+            16 => sum.content = true,
+            _ => match text_chars(value) {
+                Some(0) => {}
+                Some(chars) => {
+                    sum.content = true;
+                    sum.produced += chars;
+                }
+                None => seen.refused = true,
+            },
+        }
     })?;
     (!seen.refused).then_some(())
 }
