@@ -109,6 +109,10 @@ pub struct ServerConfig {
     /// listener (a request stays on one thread: no cross-thread wake-ups). 0 = one per
     /// CPU this process may run on.
     pub workers: usize,
+    /// After start-up, drop this process's resident pages of its own executable that
+    /// only start-up used (see `startup_pages`); they stay in the page cache. Lowers
+    /// idle RSS by several MiB; `false` keeps them mapped.
+    pub release_startup_pages: bool,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: 30_000,
             max_connections: 16_384,
             workers: 0,
+            release_startup_pages: true,
         }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Modules: [`config`] (the TOML file), [`plugins`] (the plugin registry and `plugin check`), [`auth`] (keys), [`routes`] (inbound routes),
 //! [`respond`] (the one error-to-response function), [`server`] (accept loop, drain),
-//! [`usage_log`] (settlement records as log lines); with a store: [`tenancy`] (keys,
+//! [`usage_log`] (settlement records as log lines), [`startup_pages`] (start-up's
+//! code pages given back once serving); with a store: [`tenancy`] (keys,
 //! limits, quotas, usage to the store, config from the store), [`background`] (the
 //! store's own thread and runtime, at a lower priority), [`keys`] (the key cache),
 //! [`limits`] (RPM/TPM buckets), [`admin`] (the admin API), [`cli`] (store commands).
@@ -24,6 +25,7 @@ pub mod plugins;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod startup_pages;
 pub mod tenancy;
 pub mod usage_log;
 

@@ -258,6 +258,9 @@ async fn serve(
         threads.push(thread);
     }
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    if config.server.release_startup_pages {
+        release_startup_pages().await;
+    }
     let stopped = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -290,6 +293,20 @@ async fn serve(
     }
     served?;
     joined.map(|_| ())
+}
+
+/// Start-up is over: give back the executable's pages only it used (procfs reads and
+/// `madvise`, so off the runtime's thread).
+async fn release_startup_pages() {
+    match tokio::task::spawn_blocking(relay_gateway::startup_pages::release).await {
+        Ok(Ok(r)) => tracing::debug!(
+            mappings = r.mappings,
+            resident_kib = r.resident_kib,
+            "start-up pages of the executable released"
+        ),
+        Ok(Err(e)) => tracing::debug!(error = %e, "start-up pages not released"),
+        Err(e) => tracing::debug!(error = %e, "start-up pages not released"),
+    }
 }
 
 fn check(path: &Path) -> ExitCode {
