@@ -229,13 +229,18 @@ impl Gateway {
                     let gw = self.clone();
                     let service = service_fn(move |req| {
                         let gw = gw.clone();
-                        async move {
+                        // Boxed: hyper keeps a slot the size of the service's future for
+                        // the connection's whole life (about 6.5 KiB of it). Boxed, the
+                        // slot is one pointer and the request's state is freed once the
+                        // response head is out, so an open stream or an idle keep-alive
+                        // connection does not hold it.
+                        Box::pin(async move {
                             let request_id = routes::new_request_id();
                             let span = tracing::info_span!("request", id = %request_id);
                             let mut resp = routes::handle(&gw, req, &request_id).instrument(span).await;
                             routes::tag(&mut resp, &request_id);
                             Ok::<_, Infallible>(resp)
-                        }
+                        })
                     });
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
