@@ -295,14 +295,14 @@ async fn serve(
     joined.map(|_| ())
 }
 
-/// Start-up is over: give back the executable's pages only it used (procfs reads and
-/// `madvise`, so off the runtime's thread).
+/// Start-up is over: give back the code pages only it used (`startup_pages`; procfs
+/// reads and `madvise`, so off the runtime's thread).
 async fn release_startup_pages() {
     match tokio::task::spawn_blocking(relay_gateway::startup_pages::release).await {
         Ok(Ok(r)) => tracing::debug!(
             mappings = r.mappings,
             resident_kib = r.resident_kib,
-            "start-up pages of the executable released"
+            "start-up code pages released"
         ),
         Ok(Err(e)) => tracing::debug!(error = %e, "start-up pages not released"),
         Err(e) => tracing::debug!(error = %e, "start-up pages not released"),
