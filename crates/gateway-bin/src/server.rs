@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -243,12 +244,14 @@ impl Gateway {
                         })
                     });
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                    // A combinator, not `async move { conn.await }`, which would keep
+                    // the connection twice (captured and awaited) for its whole life.
+                    tokio::spawn(conn.map(move |ended| {
+                        if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                         drop(slot);
-                    });
+                    }));
                 }
                 () = &mut shutdown => break,
             }

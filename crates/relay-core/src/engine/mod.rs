@@ -6,6 +6,7 @@ mod body;
 mod client;
 mod pool;
 mod settle;
+mod upstream_io;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
