@@ -9,9 +9,10 @@
 //! Once start-up is over, [`release`] drops this process's mappings of those pages with
 //! `MADV_DONTNEED`. The pages stay in the page cache, shared and reclaimable as before;
 //! the request path faults its own pages back in (minor faults, no disk read) on its
-//! first requests. Only mappings that cannot hold private data are touched: file-backed,
-//! not writable, and without anonymous (copy-on-write) pages. The relocated
-//! `.data.rel.ro`, every writable segment, the heap, stacks and JIT code are left alone.
+//! first requests. Only mappings that cannot hold private data are touched: the
+//! executable's and shared libraries', not writable, and without anonymous
+//! (copy-on-write) pages. The relocated `.data.rel.ro`, every writable segment, the heap,
+//! stacks, other mapped files and JIT code are left alone.
 
 /// What [`release`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -71,23 +72,35 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
     out
 }
 
-/// The mappings that may be dropped: backed by a file (the executable, the C library,
-/// the loader), not writable, and without anonymous (copy-on-write) pages, so every
-/// resident page holds exactly the file's bytes.
-fn releasable(mappings: &[Mapping]) -> impl Iterator<Item = &Mapping> {
-    mappings.iter().filter(|m| {
-        m.path.starts_with('/') && !m.writable && m.anonymous_kib == 0 && m.end > m.start
+/// The mappings that may be dropped: the executable's (`exe`) and shared libraries' (the
+/// C library, the loader), not writable, and without anonymous (copy-on-write) pages, so
+/// every resident page holds exactly the file's bytes. Other file mappings (a plugin's
+/// compiled code, which wasmtime may still be re-protecting) are left alone.
+fn releasable<'a>(mappings: &'a [Mapping], exe: &'a str) -> impl Iterator<Item = &'a Mapping> {
+    mappings.iter().filter(move |m| {
+        (m.path == exe || is_shared_library(&m.path))
+            && !m.writable
+            && m.anonymous_kib == 0
+            && m.end > m.start
     })
+}
+
+/// `/usr/lib/x86_64-linux-gnu/libc.so.6`, `/lib64/ld-linux-x86-64.so.2`, `libfoo.so`.
+fn is_shared_library(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    path.starts_with('/') && (name.ends_with(".so") || name.contains(".so."))
 }
 
 /// Drop this process's resident pages of read-only file mappings that hold no private data.
 /// Blocking (reads procfs): call it once, off the async workers, after start-up.
 #[cfg(target_os = "linux")]
 pub fn release() -> std::io::Result<Released> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let exe = exe.to_string_lossy();
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mappings = parse_smaps(&smaps);
     let mut released = Released::default();
-    for m in releasable(&mappings) {
+    for m in releasable(&mappings, &exe) {
         // SAFETY: the range is a whole file-backed mapping, not writable, with no
         // anonymous pages: every page's content is the file's, so
         // dropping it only means the next access faults the same bytes back in from the
@@ -166,7 +179,9 @@ Anonymous:             4 kB
     #[test]
     fn only_clean_read_only_file_mappings_are_released() {
         let maps = parse_smaps(SMAPS);
-        let chosen: Vec<usize> = releasable(&maps).map(|m| m.start).collect();
+        let chosen: Vec<usize> = releasable(&maps, "/usr/bin/relay-gateway")
+            .map(|m| m.start)
+            .collect();
         // The executable's read-only data and text, and libc's text; not the relocated
         // (anonymous) read-only segment, not the writable one, not the heap, not the
         // anonymous mapping without a path.
@@ -174,10 +189,26 @@ Anonymous:             4 kB
     }
 
     #[test]
+    fn other_files_are_left_alone() {
+        let text = "1000-2000 r-xp 00000000 08:01 1 /var/cache/relay/plugins/ab12.cwasm\n\
+                    Rss: 4 kB\nAnonymous: 0 kB\n\
+                    3000-4000 r--p 00000000 08:01 2 /usr/lib/libssl.so.3\n\
+                    Rss: 4 kB\nAnonymous: 0 kB\n";
+        let maps = parse_smaps(text);
+        let chosen: Vec<&str> = releasable(&maps, "/usr/bin/relay-gateway")
+            .map(|m| m.path.as_str())
+            .collect();
+        assert_eq!(chosen, vec!["/usr/lib/libssl.so.3"]);
+        assert!(is_shared_library("/lib64/ld-linux-x86-64.so.2"));
+        assert!(!is_shared_library("/srv/data.sock"));
+        assert!(!is_shared_library("libc.so.6"));
+    }
+
+    #[test]
     fn an_unreadable_anonymous_count_keeps_the_mapping() {
         let text = "1000-2000 r-xp 00000000 08:01 1 /bin/x\nRss: 4 kB\nAnonymous: ? kB\n";
         let maps = parse_smaps(text);
-        assert_eq!(releasable(&maps).count(), 0);
+        assert_eq!(releasable(&maps, "/bin/x").count(), 0);
     }
 
     #[cfg(target_os = "linux")]
@@ -187,7 +218,7 @@ Anonymous:             4 kB
             let exe = std::fs::read_link("/proc/self/exe").unwrap();
             let exe = exe.to_string_lossy().into_owned();
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-            releasable(&parse_smaps(&smaps))
+            releasable(&parse_smaps(&smaps), &exe)
                 .filter(|m| m.path == exe)
                 .map(|m| m.rss_kib)
                 .sum()
