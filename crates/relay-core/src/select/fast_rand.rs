@@ -8,11 +8,12 @@ thread_local! {
     static STATE: Cell<u64> = const { Cell::new(0) };
 }
 
+#[inline]
 fn next() -> u64 {
     STATE.with(|s| {
         let mut x = s.get();
         if x == 0 {
-            x = rand::random::<u64>() | 1;
+            x = seed();
         }
         let x = x.wrapping_add(0xa076_1d64_78bd_642f);
         s.set(x);
@@ -21,8 +22,17 @@ fn next() -> u64 {
     })
 }
 
+/// The first draw on a thread: out of line, so the per-draw path stays a few
+/// instructions that inline into the caller whatever else the crate's code does.
+#[cold]
+#[inline(never)]
+fn seed() -> u64 {
+    rand::random::<u64>() | 1
+}
+
 /// A uniform draw in `0..n` (`n > 0`), by Lemire's multiply-shift (bias below 2^-32 for
 /// the weights used here).
+#[inline]
 pub(crate) fn below(n: u64) -> u64 {
     ((u128::from(next()) * u128::from(n)) >> 64) as u64
 }
