@@ -44,6 +44,9 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// Largest non-streaming upstream response body accepted.
     pub max_response_bytes: usize,
+    /// A PEM file of CA certificates trusted for `https` upstreams besides the public
+    /// roots: for upstreams behind a private CA (self-hosted models, an internal proxy).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for UpstreamSettings {
@@ -53,6 +56,7 @@ impl Default for UpstreamSettings {
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 1_024,
             max_response_bytes: 64 * 1024 * 1024,
+            ca_file: None,
         }
     }
 }

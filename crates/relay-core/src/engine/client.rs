@@ -52,9 +52,12 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
         http.set_keepalive(Some(Duration::from_secs(60)));
 
-        let roots = rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        if let Some(path) = &settings.ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -162,6 +165,30 @@ impl UpstreamClient {
         }));
         Ok(sender)
     }
+}
+
+/// Trust the CA certificates of a PEM file too.
+fn add_ca_file(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+) -> Result<(), RelayError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad =
+        |why: String| RelayError::internal(format!("upstream.ca_file {}: {why}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".to_owned()));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(())
 }
 
 fn leased(
