@@ -85,18 +85,10 @@ fn ca_file(pem: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!(
         "relay-upstream-ca-{}-{}.pem",
         std::process::id(),
-        rand_suffix()
+        rand::random::<u64>()
     ));
     std::fs::write(&path, pem).unwrap();
     path
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 #[tokio::test]
