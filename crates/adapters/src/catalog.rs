@@ -205,4 +205,21 @@ mod tests {
             }
         }
     }
+
+    /// `build_request` turns these into headers with `from_static`, which panics on an
+    /// invalid (or upper-case) name or value: every one must be valid.
+    #[test]
+    fn catalog_headers_are_valid_static_headers() {
+        for spec in PROVIDERS {
+            if let Auth::Header(name) = spec.auth {
+                let parsed = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                assert_eq!(parsed.as_str(), name, "{}: auth header name", spec.name);
+            }
+            for (name, value) in spec.headers {
+                let parsed = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                assert_eq!(parsed.as_str(), *name, "{}: header name", spec.name);
+                http::HeaderValue::from_str(value).unwrap();
+            }
+        }
+    }
 }

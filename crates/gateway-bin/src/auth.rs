@@ -1,6 +1,7 @@
 //! Client API keys: stored as SHA-256 digests, looked up by digest, confirmed in constant
 //! time. The clear key is never kept or logged.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::HeaderMap;
@@ -95,7 +96,10 @@ impl KeyStore {
 /// The key a client presented, in any dialect's form: `Authorization: Bearer` (OpenAI,
 /// and the current Anthropic SDKs), `x-api-key` (Anthropic), `x-goog-api-key` or the
 /// `key` query parameter (Gemini).
-pub fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+///
+/// Borrowed from the headers (no copy on the request path); owned only when a `key`
+/// query parameter had to be percent-decoded.
+pub fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -107,7 +111,7 @@ pub fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String>
             .unwrap_or(v)
             .trim();
         if !token.is_empty() {
-            return Some(token.to_owned());
+            return Some(Cow::Borrowed(token));
         }
     }
     for name in ["x-api-key", "x-goog-api-key"] {
@@ -117,7 +121,7 @@ pub fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String>
             .map(str::trim)
             .filter(|v| !v.is_empty())
         {
-            return Some(v.to_owned());
+            return Some(Cow::Borrowed(v));
         }
     }
     query?
@@ -126,6 +130,7 @@ pub fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String>
         .find(|(k, _)| *k == "key")
         .map(|(_, v)| percent_decode(v))
         .filter(|v| !v.is_empty())
+        .map(Cow::Owned)
 }
 
 /// Minimal `%XX` decoding for a key in a query string.

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -73,11 +73,13 @@ fn route(method: &Method, path: &str) -> Route {
 }
 
 /// Handle one request; never fails (errors are responses).
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Response<RelayBody> {
+pub async fn handle(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    request_id: String,
+) -> Response<RelayBody> {
     let received = Instant::now();
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let route = route(&method, &path);
+    let route = route(req.method(), req.uri().path());
     // Errors speak the dialect of the route (OpenAI's for anything unknown).
     let dialect: &dyn ClientDialect = match &route {
         Route::Anthropic | Route::AnthropicCountTokens => match gw.anthropic_dialect() {
@@ -137,13 +139,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> R
         Route::MethodNotAllowed => Err(RelayError::new(
             ErrorKind::NotFound,
             Side::Client,
-            format!("Method {method} is not allowed on {path}."),
+            format!(
+                "Method {} is not allowed on {}.",
+                req.method(),
+                req.uri().path()
+            ),
         )
         .with_status(StatusCode::METHOD_NOT_ALLOWED)),
         Route::Unknown => Err(RelayError::new(
             ErrorKind::NotFound,
             Side::Client,
-            format!("Unknown request URL: {method} {path}."),
+            format!(
+                "Unknown request URL: {} {}.",
+                req.method(),
+                req.uri().path()
+            ),
         )
         .with_code("unknown_url")),
     };
@@ -188,7 +198,7 @@ async fn relay(
     dialect: &dyn ClientDialect,
     op: Operation,
     params: RouteParams,
-    request_id: &str,
+    request_id: String,
     received: Instant,
 ) -> Result<Response<RelayBody>, RelayError> {
     let caller = authenticate(gw, &req)?;
@@ -196,12 +206,12 @@ async fn relay(
     let inbound = dialect.parse_request(op, &body, &params)?;
     if let Some(tenancy) = gw.tenancy() {
         // Allowed models, RPM/TPM, then the quota reservation (settled with the usage).
-        tenancy.admit(&caller, &inbound, request_id).await?;
+        tenancy.admit(&caller, &inbound, &request_id).await?;
     }
     let group = caller.policy.as_ref().and_then(|p| p.record.group.clone());
     let request = RelayRequest {
         inbound,
-        request_id: request_id.to_owned(),
+        request_id,
         key_id: Some(caller.key_name),
         group,
         received_at: received,
@@ -277,14 +287,20 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+    let capacity = declared.map_or(0, |n| n as usize);
+    match tokio::time::timeout(
+        timeout,
+        collect(Limited::new(req.into_body(), limit), capacity),
+    )
+    .await
+    {
         Err(_) => Err(RelayError::new(
             ErrorKind::BadRequest,
             Side::Client,
             "The request body was not received in time.",
         )
         .with_status(StatusCode::REQUEST_TIMEOUT)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
@@ -295,6 +311,39 @@ async fn read_body(
             "Reading the request body failed: {e}"
         ))),
     }
+}
+
+/// The body's data frames as one `Bytes`. A body that arrives in one frame (the usual
+/// case: it came with the head) is returned as it is, without a copy or a list;
+/// `capacity` (the declared length) sizes the buffer when there are more.
+async fn collect<B>(mut body: B, capacity: usize) -> Result<Bytes, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match (&mut more, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(head)) => {
+                let mut buf = BytesMut::with_capacity(capacity.max(head.len() + data.len()));
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+        }
+    }
+    Ok(match more {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// A fresh request id.
@@ -324,16 +373,57 @@ fn push_hex(out: &mut String, v: u128, digits: u32) {
     }
 }
 
+/// The request id header's value (the id is hex, so always a valid value).
+pub fn request_id_header(request_id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(request_id).ok()
+}
+
 /// Add the request id header.
-pub fn tag(resp: &mut Response<RelayBody>, request_id: &str) {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+pub fn tag(resp: &mut Response<RelayBody>, request_id: Option<HeaderValue>) {
+    if let Some(v) = request_id {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    fn frames(
+        parts: &[&'static str],
+    ) -> StreamBody<
+        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+    > {
+        let mut v: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        v.push(Ok(Frame::trailers(http::HeaderMap::new())));
+        StreamBody::new(futures::stream::iter(v))
+    }
+
+    #[tokio::test]
+    async fn collect_keeps_one_frame_and_joins_several() {
+        // One frame: the very same bytes, no copy.
+        let one = Bytes::from_static(b"{\"a\":1}");
+        let body = http_body_util::Full::new(one.clone());
+        let got = collect(body, 0).await.unwrap();
+        assert_eq!(got, one);
+        assert_eq!(got.as_ptr(), one.as_ptr());
+        // Several frames (and empty ones, and trailers): joined in order.
+        let got = collect(frames(&["{\"a\"", "", ":1", "}"]), 8)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"{\"a\":1}");
+        let got = collect(frames(&["ab", "cd", "ef"]), 0).await.unwrap();
+        assert_eq!(&got[..], b"abcdef");
+        // Nothing at all.
+        let got = collect(frames(&[]), 0).await.unwrap();
+        assert!(got.is_empty());
+    }
 
     #[test]
     fn request_ids_are_time_ordered_hex() {

@@ -238,8 +238,9 @@ impl Gateway {
                         Box::pin(async move {
                             let request_id = routes::new_request_id();
                             let span = tracing::info_span!("request", id = %request_id);
-                            let mut resp = routes::handle(&gw, req, &request_id).instrument(span).await;
-                            routes::tag(&mut resp, &request_id);
+                            let header = routes::request_id_header(&request_id);
+                            let mut resp = routes::handle(&gw, req, request_id).instrument(span).await;
+                            routes::tag(&mut resp, header);
                             Ok::<_, Infallible>(resp)
                         })
                     });

@@ -125,7 +125,10 @@ impl UpstreamClient {
                 }
             }
         }
-        let mut sender = self.connect(&origin).await?;
+        // Boxed: a new connection is the cold path, and its future (the connector's,
+        // 1.3 KiB) would otherwise sit inline in every request's future, which is moved
+        // into its box once per request.
+        let mut sender = Box::pin(self.connect(&origin)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(leased(resp, pool, origin, sender)),
             Err(e) => Err(io_error(&e.into_error())),

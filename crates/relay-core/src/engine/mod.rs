@@ -400,16 +400,16 @@ impl Relay {
                 };
                 item_attempts += 1;
                 attempts += 1;
-                let model = channel.config.map_model(&route.model).to_owned();
+                let model = channel.config.map_model(&route.model);
                 if let Some(r) = settlement.record_mut() {
                     r.attempts = attempts;
                     r.item = Some(index);
                     r.channel = Some(channel.id().to_owned());
-                    r.upstream_model = Some(model.clone());
+                    r.upstream_model = Some(model.to_owned());
                     r.upstream_dialect = Some(channel.adapter.dialect().as_str());
                 }
                 match self
-                    .attempt(route, &channel, &model, request, deadline, patch.as_ref())
+                    .attempt(route, &channel, model, request, deadline, patch.as_ref())
                     .await
                 {
                     Ok(mut answer) => {
