@@ -392,12 +392,11 @@ mod tests {
     use http_body::Frame;
     use http_body_util::StreamBody;
 
-    fn frames(
-        parts: &[&'static str],
-    ) -> StreamBody<
-        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
-    > {
-        let mut v: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+    type Frames = Vec<Result<Frame<Bytes>, std::convert::Infallible>>;
+    type FrameBody = StreamBody<futures::stream::Iter<<Frames as IntoIterator>::IntoIter>>;
+
+    fn frames(parts: &[&'static str]) -> FrameBody {
+        let mut v: Frames = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
             .collect();

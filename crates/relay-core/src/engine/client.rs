@@ -1,24 +1,24 @@
 //! The upstream HTTP client: pooled keep-alive HTTP/1.1 connections, TCP_NODELAY, rustls.
 //!
-//! Each thread gets its own pool ([`super::pool`]): a connection's I/O task runs on the
-//! runtime that opened it, so with one single-threaded runtime per worker (the gateway's
-//! model) a request and its upstream connection never wake another thread. Connections
-//! are `hyper::client::conn::http1` senders lent out one request at a time; the response
-//! body returns its connection when it has been read to the end.
+//! Each thread gets its own pool ([`super::pool`]): a connection's socket is registered
+//! with the runtime that opened it, so with one single-threaded runtime per worker (the
+//! gateway's model) a request and its upstream connection never wake another thread.
+//! Connections ([`super::http1`]) are lent out one request at a time: the request's own
+//! future writes the request and reads the head, the response body reads the rest and
+//! returns the connection when it has been read to the end. Connecting (DNS, TCP, TLS)
+//! is hyper-util's `HttpConnector` under hyper-rustls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use http::header::HOST;
-use http::uri::{PathAndQuery, Uri};
-use http_body_util::Full;
+use http::uri::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use thread_local::ThreadLocal;
 use tower_service::Service;
 
-use super::pool::{Lease, Origin, Pool, Sender, UpstreamBody};
+use super::http1::{self, Conn};
+use super::pool::{Lease, Origin, Pool, UpstreamBody};
 use super::upstream_io::UpstreamIo;
 use crate::config::UpstreamSettings;
 use crate::error::{ErrorKind, RelayError, Side};
@@ -91,7 +91,7 @@ impl UpstreamClient {
         &self,
         req: http::Request<Bytes>,
     ) -> Result<http::Response<UpstreamBody>, RelayError> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let origin = match (parts.uri.scheme(), parts.uri.authority()) {
             (Some(scheme), Some(authority)) => Origin {
                 scheme: scheme.clone(),
@@ -106,67 +106,81 @@ impl UpstreamClient {
         };
         let pool = self.pool();
         let (idle, host) = pool.take(&origin);
-        // HTTP/1.1 wants the origin form on the request line, and a Host header.
-        let target = parts.uri.path_and_query().cloned();
-        parts.uri = Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
-        parts.headers.entry(HOST).or_insert(host);
-        let mut req = http::Request::from_parts(parts, Full::new(body));
+        // HTTP/1.1: the origin form on the request line, a Host header.
+        let head = http1::encode_request(&parts, &host, &body);
+        let rest: &[u8] = if http1::body_inlined(&body) {
+            &[]
+        } else {
+            &body
+        };
 
-        // A pooled connection first; if it turns out to be closing before the request
-        // went out, the request goes on a fresh one.
-        if let Some(mut sender) = idle {
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(leased(resp, pool, origin, sender)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(io_error(&e.into_error())),
-                    },
-                }
-            }
-        }
-        // Boxed: a new connection is the cold path, and its future (the connector's,
-        // 1.3 KiB) would otherwise sit inline in every request's future, which is moved
-        // into its box once per request.
-        let mut sender = Box::pin(self.connect(&origin)).await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(leased(resp, pool, origin, sender)),
-            Err(e) => Err(io_error(&e.into_error())),
-        }
+        // A pooled connection first. If writing to it fails, it was closed while idle
+        // and the request did not go out: it goes out on a fresh connection. Once
+        // written, a request is never sent again here (the engine's retry policy
+        // decides), as Go's transport does for a POST.
+        let mut conn = match idle {
+            Some(mut conn) => match conn.write_request(&head, rest).await {
+                Ok(()) => conn,
+                Err(_) => self.fresh(&origin, &head, rest).await?,
+            },
+            None => self.fresh(&origin, &head, rest).await?,
+        };
+        let response = conn.read_head().await.map_err(|e| io_error(&e))?;
+        let decoder = response.framing(&parts.method).map_err(|e| {
+            RelayError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.to_string())
+        })?;
+        let reusable = response.keep_alive()
+            && decoder != http1::Decoder::Eof
+            && !parts
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .any(|v| {
+                    v.as_bytes()
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                });
+        let body = UpstreamBody::new(Box::new(Lease {
+            conn,
+            decoder,
+            reusable,
+            pool: Arc::clone(pool),
+            origin,
+        }));
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = response.status;
+        *resp.version_mut() = response.version;
+        *resp.headers_mut() = response.headers;
+        Ok(resp)
     }
 
-    /// Open a new connection to `origin` and start its I/O task on this runtime.
-    async fn connect(&self, origin: &Origin) -> Result<Sender, RelayError> {
+    /// A new connection with the request written on it. Boxed: the connector's future
+    /// (1.3 KiB) would otherwise sit inline in every request's future.
+    async fn fresh(&self, origin: &Origin, head: &[u8], rest: &[u8]) -> Result<Conn, RelayError> {
+        let mut conn = Box::pin(self.connect(origin)).await?;
+        conn.write_request(head, rest)
+            .await
+            .map_err(|e| io_error(&e))?;
+        Ok(conn)
+    }
+
+    /// Open a new connection to `origin` (TCP_NODELAY; TLS for `https`).
+    async fn connect(&self, origin: &Origin) -> Result<Conn, RelayError> {
         let uri = Uri::builder()
             .scheme(origin.scheme.clone())
             .authority(origin.authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| RelayError::internal(format!("upstream URL: {e}")))?;
-        let connect_error = |e: &dyn std::error::Error| {
+        let mut connector = self.connector.clone();
+        let io = connector.call(uri).await.map_err(|e| {
             RelayError::new(
                 ErrorKind::Connect,
                 Side::Upstream,
-                format!("cannot connect to upstream: {}", source_chain(e)),
+                format!("cannot connect to upstream: {}", source_chain(&*e)),
             )
-        };
-        let mut connector = self.connector.clone();
-        let io = connector.call(uri).await.map_err(|e| connect_error(&*e))?;
-        let io = UpstreamIo::from(io);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| connect_error(&e))?;
-        // A combinator, not `async move { conn.await }`: an async block keeps the
-        // captured connection and the awaited one in separate slots, and this task
-        // lives as long as the connection (1.7 KiB more per connection, measured with
-        // `-Zprint-type-sizes`).
-        tokio::spawn(conn.map(|ended| {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        }));
-        Ok(sender)
+        })?;
+        Ok(Conn::new(UpstreamIo::from(io)))
     }
 }
 
@@ -194,21 +208,7 @@ fn add_ca_file(
     Ok(())
 }
 
-fn leased(
-    resp: http::Response<hyper::body::Incoming>,
-    pool: &Arc<Pool>,
-    origin: Origin,
-    sender: Sender,
-) -> http::Response<UpstreamBody> {
-    let lease = Box::new(Lease {
-        pool: Arc::clone(pool),
-        origin,
-        sender,
-    });
-    resp.map(|body| UpstreamBody::new(body, lease))
-}
-
-fn io_error(e: &hyper::Error) -> RelayError {
+fn io_error(e: &std::io::Error) -> RelayError {
     RelayError::new(
         ErrorKind::UpstreamIo,
         Side::Upstream,

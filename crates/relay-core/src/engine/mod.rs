@@ -4,6 +4,7 @@
 
 mod body;
 mod client;
+mod http1;
 mod pool;
 mod settle;
 mod upstream_io;

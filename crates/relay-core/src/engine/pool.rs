@@ -1,14 +1,16 @@
 //! Idle upstream connections, kept per origin, and the response body that hands its
 //! connection back when it ends.
 //!
-//! A connection is a `hyper::client::conn::http1` sender whose I/O task runs on the
-//! runtime that opened it. It is lent out for one request at a time: taken from the idle
-//! list, used, and put back only when its response body has been read to the end
+//! A connection ([`Conn`]: a socket registered with the runtime that opened it, and its
+//! read buffer) is lent out for one request at a time: taken from the idle list, used,
+//! and put back only when its response body has been read to the end
 //! ([`UpstreamBody`]). A body dropped early (a stream read up to `[DONE]`, a client
-//! gone) comes back only if hyper can drain the rest of the response from what has
-//! already arrived; otherwise hyper closes the connection, so a connection with unread
-//! bytes is never reused. Idle connections expire after the idle timeout: checked when one is
-//! taken or returned, and by a sweep that runs on the runtime that first used the pool.
+//! gone) gives its connection back only if what already arrived completes the response
+//! (the terminating chunk, typically); otherwise the connection is closed, so a
+//! connection with unread bytes is never reused. A connection on which anything arrived
+//! while it was idle (the peer's close, stray bytes) is not handed out. Idle connections
+//! expire after the idle timeout: checked when one is taken or returned, and by a sweep
+//! that runs on the runtime that first used the pool.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,13 +22,9 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use parking_lot::Mutex;
 
-/// The sending half of one upstream HTTP/1.1 connection.
-pub(crate) type Sender = SendRequest<Full<Bytes>>;
+use super::http1::{Conn, Decoder, Step};
 
 /// Where a connection goes: scheme and authority (host and port).
 ///
@@ -56,7 +54,7 @@ impl std::hash::Hash for Origin {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -66,7 +64,7 @@ impl Idle {
     }
 
     fn usable(&self, now: Instant, timeout: Duration) -> bool {
-        !self.sender.is_closed() && !self.expired(now, timeout)
+        !self.expired(now, timeout) && self.conn.is_clean()
     }
 }
 
@@ -105,13 +103,13 @@ impl Pool {
 
     /// The most recently returned live connection to `origin`, if any, and the origin's
     /// `Host` header (computed once per origin).
-    pub(crate) fn take(&self, origin: &Origin) -> (Option<Sender>, HeaderValue) {
+    pub(crate) fn take(&self, origin: &Origin) -> (Option<Conn>, HeaderValue) {
         let mut origins = self.origins.lock();
         if let Some(entry) = origins.get_mut(origin) {
             let now = Instant::now();
             while let Some(idle) = entry.idle.pop() {
                 if idle.usable(now, self.idle_timeout) {
-                    return (Some(idle.sender), entry.host.clone());
+                    return (Some(idle.conn), entry.host.clone());
                 }
             }
             return (None, entry.host.clone());
@@ -123,8 +121,8 @@ impl Pool {
     }
 
     /// Put a connection whose last response was read to the end back in the idle list.
-    pub(crate) fn put(self: &Arc<Self>, origin: Origin, sender: Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
+    pub(crate) fn put(self: &Arc<Self>, origin: Origin, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -139,7 +137,7 @@ impl Pool {
                 .count();
             let over = (idle.len() - expired + 1).saturating_sub(self.max_idle);
             idle.drain(..expired + over);
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
         self.start_sweep();
     }
@@ -196,111 +194,147 @@ fn host_header(origin: &Origin) -> HeaderValue {
     value.unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
-/// Where a body's connection goes back to when the body ends.
+/// A response body's connection, and where it goes back to when the body ends.
 pub(crate) struct Lease {
+    pub(crate) conn: Conn,
+    pub(crate) decoder: Decoder,
+    /// The response allows another request on the connection.
+    pub(crate) reusable: bool,
     pub(crate) pool: Arc<Pool>,
     pub(crate) origin: Origin,
-    pub(crate) sender: Sender,
 }
 
-/// An upstream response body. When it has been read to its end, its connection goes
-/// back to the pool. Dropped before that, the connection goes back only if hyper could
-/// finish reading the response from what had already arrived; otherwise it is closed.
+/// An upstream response body, read from its connection as the reader asks. When it has
+/// been read to its end, the connection goes back to the pool. Dropped before that, the
+/// connection goes back only if what had already arrived completes the response;
+/// otherwise it is closed.
 pub struct UpstreamBody {
-    inner: Incoming,
     lease: Option<Box<Lease>>,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, lease: Box<Lease>) -> Self {
-        let mut body = UpstreamBody {
-            inner,
-            lease: Some(lease),
-        };
-        if body.inner.is_end_stream() {
+    pub(crate) fn new(lease: Box<Lease>) -> Self {
+        let mut body = UpstreamBody { lease: Some(lease) };
+        if body.lease.as_ref().is_some_and(|l| l.decoder.is_done()) {
             body.release();
         }
         body
     }
 
+    /// The body ended: the connection goes back to the pool if it may be reused.
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.pool.put(lease.origin, lease.sender);
+            let Lease {
+                conn,
+                reusable,
+                pool,
+                origin,
+                ..
+            } = *lease;
+            if reusable && conn.buf.is_empty() {
+                pool.put(origin, conn);
+            }
         }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        // Dropped before its end, typically a stream whose reader stopped at `[DONE]`
-        // with the last chunk still in flight. hyper drains what has already arrived of
-        // the rest and keeps the connection if that completes the response, or closes
-        // it. Wait for that verdict off the request path, and pool the connection if it
-        // is reusable.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            let Lease {
-                pool,
-                origin,
-                mut sender,
-            } = *lease;
-            if let Ok(Ok(())) = tokio::time::timeout(DRAIN_VERDICT, sender.ready()).await {
-                pool.put(origin, sender);
+        // Dropped before its end, typically a stream whose reader stopped at `[DONE]`:
+        // if the rest of the response (the terminating chunk) already arrived, the
+        // connection is still good.
+        let done = match self.lease.as_mut() {
+            Some(lease) => {
+                let Lease { conn, decoder, .. } = &mut **lease;
+                matches!(decoder.skip_framing(&mut conn.buf), Ok(true))
             }
-        });
+            None => return,
+        };
+        if done {
+            self.release();
+        }
     }
 }
-
-/// How long a connection whose body was dropped early may take to become reusable.
-const DRAIN_VERDICT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.lease.is_some())
+            .field("open", &self.lease.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.release();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.release();
+        loop {
+            let Some(lease) = this.lease.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let Lease { conn, decoder, .. } = &mut **lease;
+            let step = decoder.decode(&mut conn.buf).and_then(|step| {
+                if matches!(step, Step::Data(_)) {
+                    // Consume the framing that follows, so a response whose end already
+                    // arrived ends (and frees its connection) with its last data.
+                    decoder.skip_framing(&mut conn.buf)?;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Ok(step)
+            });
+            match step {
+                Ok(Step::Data(data)) => {
+                    if decoder.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Done) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        if *decoder == Decoder::Eof {
+                            // Delimited by the close: the end.
+                            this.lease = None;
+                            return Poll::Ready(None);
+                        }
+                        this.lease = None;
+                        return Poll::Ready(Some(Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the upstream closed the connection before the end of the body",
+                        ))));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        // The connection is broken: never reuse it.
+                        this.lease = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Err(e) => {
+                    this.lease = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
-            Poll::Ready(Some(Err(e))) => {
-                // The connection is broken: never reuse it.
-                this.lease = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.lease.as_ref().is_none_or(|l| l.decoder.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.lease.as_ref().map(|l| l.decoder) {
+            None | Some(Decoder::Done) => SizeHint::with_exact(0),
+            Some(Decoder::Length(n)) => SizeHint::with_exact(n),
+            Some(_) => SizeHint::default(),
+        }
     }
 }

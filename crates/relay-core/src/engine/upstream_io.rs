@@ -1,44 +1,59 @@
 //! The I/O under an upstream connection: plain TCP inline, TLS boxed.
 //!
 //! hyper-rustls' `MaybeHttpsStream` holds a TLS session inline (about 1.1 KiB) even when
-//! the connection is plain HTTP (40 bytes), and the connection task holds it for the
-//! connection's whole life: 1 KiB of every open stream to a plain-HTTP upstream. Here the
-//! TLS variant is boxed, so a plain connection carries only its socket.
+//! the connection is plain HTTP (40 bytes), and a connection is held for its whole life:
+//! 1 KiB of every open stream to a plain-HTTP upstream. Here the TLS variant is boxed,
+//! so a plain connection carries only its socket.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-type Plain = TokioIo<TcpStream>;
-type Tls = TokioIo<tokio_rustls::client::TlsStream<TokioIo<Plain>>>;
+type Tls = tokio_rustls::client::TlsStream<TokioIo<TokioIo<TcpStream>>>;
 
 /// An upstream connection's byte stream.
 pub(crate) enum UpstreamIo {
     /// `http://`: the socket itself.
-    Plain(Plain),
+    Plain(TcpStream),
     /// `https://`: the TLS session, boxed.
     Tls(Box<Tls>),
 }
 
-impl From<MaybeHttpsStream<Plain>> for UpstreamIo {
-    fn from(stream: MaybeHttpsStream<Plain>) -> Self {
+impl From<MaybeHttpsStream<TokioIo<TcpStream>>> for UpstreamIo {
+    fn from(stream: MaybeHttpsStream<TokioIo<TcpStream>>) -> Self {
         match stream {
-            MaybeHttpsStream::Http(plain) => UpstreamIo::Plain(plain),
-            MaybeHttpsStream::Https(tls) => UpstreamIo::Tls(Box::new(tls)),
+            MaybeHttpsStream::Http(plain) => UpstreamIo::Plain(plain.into_inner()),
+            MaybeHttpsStream::Https(tls) => UpstreamIo::Tls(Box::new(tls.into_inner())),
         }
     }
 }
 
-impl Read for UpstreamIo {
+impl UpstreamIo {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0.inner().inner(),
+        }
+    }
+
+    /// Whether the reactor has seen the socket readable (bytes or the peer's close)
+    /// since the last read that drained it. No system call.
+    pub(crate) fn read_ready(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.socket().poll_read_ready(&mut cx).is_ready()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -47,7 +62,7 @@ impl Read for UpstreamIo {
     }
 }
 
-impl Write for UpstreamIo {
+impl AsyncWrite for UpstreamIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
