@@ -114,6 +114,16 @@ async fn serve(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
                     return;
                 }
             }
+            "/ten" => {
+                // Head and body in one write: the body arrives with the head.
+                if sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhelloworld")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             "/close" => {
                 let _ = sock
                     .write_all(
@@ -232,6 +242,19 @@ async fn a_stream_dropped_after_its_last_event_keeps_its_connection() {
         // The reader stops at `[DONE]`, before the terminating chunk is read.
         drop(body);
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&client, &server, "/").await, "hello");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_dropped_unread_whose_rest_arrived_keeps_its_connection() {
+    let server = server().await;
+    let client = client(90_000);
+    for _ in 0..5 {
+        let resp = client.send(post(server.addr, "/ten")).await.unwrap();
+        // Never read: the whole body came with the head, so the connection is clean.
+        drop(resp);
     }
     assert_eq!(get(&client, &server, "/").await, "hello");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);

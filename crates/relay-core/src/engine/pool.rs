@@ -242,11 +242,17 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Dropped before its end, typically a stream whose reader stopped at `[DONE]`:
         // if the rest of the response (the terminating chunk) already arrived, the
-        // connection is still good.
+        // connection is still good. Only what is buffered is looked at; no I/O.
         let done = match self.lease.as_mut() {
             Some(lease) => {
                 let Lease { conn, decoder, .. } = &mut **lease;
-                matches!(decoder.skip_framing(&mut conn.buf), Ok(true))
+                loop {
+                    match decoder.decode(&mut conn.buf) {
+                        Ok(Step::Data(_)) => {}
+                        Ok(Step::Done) => break true,
+                        Ok(Step::NeedMore) | Err(_) => break false,
+                    }
+                }
             }
             None => return,
         };
