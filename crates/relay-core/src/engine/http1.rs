@@ -150,11 +150,11 @@ pub(crate) fn encode_request(
     let has_body =
         !body.is_empty() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if has_body {
-        let mut digits = [0u8; 20];
+        let mut digits = itoa::Buffer::new();
         line(
             &mut out,
             b"content-length",
-            decimal(body.len(), &mut digits),
+            digits.format(body.len()).as_bytes(),
         );
     }
     out.extend_from_slice(b"\r\n");
@@ -167,19 +167,6 @@ pub(crate) fn encode_request(
 /// Whether [`encode_request`] put the body in the head's buffer.
 pub(crate) fn body_inlined(body: &[u8]) -> bool {
     body.len() <= INLINE_BODY
-}
-
-/// `n` in decimal, written at the end of `digits`.
-fn decimal(mut n: usize, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
