@@ -205,9 +205,15 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| protocol("bad upstream header name"))?;
-        let start = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(copy.slice(start..start + h.value.len()))
-            .map_err(|_| protocol("bad upstream header value"))?;
+        // A slice of the copy when the value lies inside the head (it always should;
+        // an empty value's pointer is not promised to), a copy of its own otherwise.
+        let value = match (h.value.as_ptr() as usize).checked_sub(base) {
+            Some(start) if start + h.value.len() <= len => {
+                HeaderValue::from_maybe_shared(copy.slice(start..start + h.value.len()))
+            }
+            _ => HeaderValue::from_bytes(h.value),
+        }
+        .map_err(|_| protocol("bad upstream header value"))?;
         headers.append(name, value);
     }
     buf.advance(len);
@@ -513,9 +519,14 @@ mod tests {
 
     #[test]
     fn heads_parse_with_their_framing() {
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n");
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nx-empty:\r\nx-obs: caf\xe9\r\n\r\n"[..],
+        );
+        let h = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.headers["x-empty"], "");
+        assert_eq!(h.headers["x-obs"].as_bytes(), b"caf\xe9");
         assert!(h.keep_alive());
         assert_eq!(h.framing(&Method::POST).unwrap(), Decoder::Length(5));
 
