@@ -131,15 +131,7 @@ impl UpstreamClient {
         })?;
         let reusable = response.keep_alive()
             && decoder != http1::Decoder::Eof
-            && !parts
-                .headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .any(|v| {
-                    v.as_bytes()
-                        .split(|b| *b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                });
+            && !http1::connection_has(&parts.headers, b"close");
         let body = UpstreamBody::new(Box::new(Lease {
             conn,
             decoder,

@@ -227,21 +227,8 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
 impl Head {
     /// Whether the connection may carry another request after this response.
     pub(crate) fn keep_alive(&self) -> bool {
-        let close = self
-            .headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
-        if self.version == Version::HTTP_11 {
-            !close
-        } else {
-            !close
-                && self
-                    .headers
-                    .get_all(CONNECTION)
-                    .iter()
-                    .any(|v| has_token(v.as_bytes(), b"keep-alive"))
-        }
+        !connection_has(&self.headers, b"close")
+            && (self.version == Version::HTTP_11 || connection_has(&self.headers, b"keep-alive"))
     }
 
     /// How the body is delimited (RFC 9112 section 6.3).
@@ -288,10 +275,13 @@ impl Head {
     }
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+/// Whether the `Connection` headers list `token` (case-insensitive).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
 }
 
 /// Where a response body's framing stands.
