@@ -36,6 +36,10 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
+        // A target gets a database only by its own arguments: relay-gateway reads
+        // DATABASE_URL, which run.sh's throwaway PostgreSQL exports, and the embedded
+        // SQLite target would otherwise be one more Postgres target.
+        cmd.env_remove("DATABASE_URL");
         for (k, v) in env {
             cmd.env(k, v);
         }
