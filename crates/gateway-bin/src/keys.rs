@@ -59,6 +59,8 @@ pub struct KeyCache {
     by_prefix: HashMap<String, Arc<KeyEntry>>,
     by_digest: HashMap<[u8; 32], Arc<KeyEntry>>,
     by_id: HashMap<String, Arc<KeyEntry>>,
+    /// Whether any key has a TPM limit (settlement charges tokens only then).
+    any_tpm: bool,
 }
 
 impl KeyCache {
@@ -84,6 +86,7 @@ impl KeyCache {
                 cache.by_prefix.insert(p.clone(), entry.clone());
             }
             cache.by_digest.insert(d, entry.clone());
+            cache.any_tpm |= entry.record.tpm.is_some();
             cache.by_id.insert(entry.record.id.clone(), entry);
         }
         cache
@@ -97,6 +100,11 @@ impl KeyCache {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Whether any key has a TPM limit.
+    pub fn any_tpm(&self) -> bool {
+        self.any_tpm
     }
 
     /// A key by id.

@@ -12,6 +12,8 @@
 //! - [`writer`]: the [`UsageWriter`], a `UsageSink` that batches rows into the store,
 //!   retries, spills to a local append-only file while the database is away and replays
 //!   it after, idempotent on request id;
+//! - [`tuple`]: a usage row as bytes (a PostgreSQL binary `COPY` tuple), what the writer
+//!   carries from a settled request to the database;
 //! - [`keys`]: virtual key generation and digests;
 //! - [`crypto`]: AES-256-GCM for upstream credentials at rest;
 //! - [`model`]: the typed rows.
@@ -21,6 +23,7 @@ pub mod keys;
 pub mod model;
 pub mod store;
 pub mod testing;
+pub mod tuple;
 pub mod writer;
 
 pub use crypto::MasterKey;
@@ -52,6 +55,9 @@ pub enum StoreError {
     /// Local file I/O (spill file, master key file).
     #[error("i/o: {0}")]
     Io(std::io::Error),
+    /// Usage tuples that do not read back.
+    #[error("{0}")]
+    Tuple(#[from] tuple::TupleError),
 }
 
 /// Now, as Unix milliseconds.

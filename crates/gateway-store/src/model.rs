@@ -1,5 +1,7 @@
 //! Typed rows: what the store reads and writes.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// Who owns a row: the config file (re-seeded at every start) or the admin API / CLI
@@ -202,7 +204,10 @@ pub struct QuotaHold {
     pub tracked: bool,
 }
 
-/// One usage row: a settlement record plus its cost and quota hold.
+/// One usage row: a settlement record plus its cost and quota hold. The labels
+/// (dialects, operation, outcome, error kind) borrow relay-core's static names when the
+/// row comes from a record, so making a row allocates nothing for them; a row read back
+/// from the spill file owns them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UsageRow {
     /// Unique request id.
@@ -218,11 +223,11 @@ pub struct UsageRow {
     /// The model sent upstream.
     pub upstream_model: Option<String>,
     /// Client dialect.
-    pub client_dialect: String,
+    pub client_dialect: Cow<'static, str>,
     /// Upstream dialect.
-    pub upstream_dialect: Option<String>,
+    pub upstream_dialect: Option<Cow<'static, str>>,
     /// Operation.
-    pub operation: String,
+    pub operation: Cow<'static, str>,
     /// Streamed.
     pub stream: bool,
     /// Input tokens.
@@ -238,11 +243,11 @@ pub struct UsageRow {
     /// Estimated usage.
     pub estimated: bool,
     /// `ok`, `error`, `cancelled`.
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// HTTP status.
     pub status: i64,
     /// Error kind label.
-    pub error_kind: Option<String>,
+    pub error_kind: Option<Cow<'static, str>>,
     /// Attempts.
     pub attempts: i64,
     /// Latency in ms.

@@ -201,6 +201,141 @@ async fn usage_is_idempotent_and_settles_quota_once() {
     }
 }
 
+/// The writer's batches: rows from many threads, a client's model name with a NUL
+/// character and one far too long (neither may fail a batch, on either backend), a
+/// repeat of an id stored by an earlier batch (the binary `COPY` refuses it, the
+/// idempotent insert skips it), and rows with a quota hold in the same pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_batches_survive_hostile_names_repeats_and_holds() {
+    for store in stores("writer_batches").await {
+        let b = format!("{:?}", store.backend());
+        store
+            .create_key(&quota_key("hk", 1_000_000), "test")
+            .await
+            .unwrap();
+        let prices: relay_store::writer::PriceTable = Default::default();
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        let writer = UsageWriter::start(store.clone(), prices, WriterConfig::new(dir));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..250 {
+                        writer.enqueue(record(&format!("t{t}-{i}"), "k"), None);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut nul = record("nul", "k");
+        nul.requested_model = "bad\0name".into();
+        writer.enqueue(nul, None);
+        let mut long = record("long", "k");
+        long.requested_model = "m".repeat(100_000);
+        writer.enqueue(long, None);
+        writer.flush().await;
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 1002, "{b}");
+
+        // A later pass repeats a stored id beside new rows and held rows.
+        granted(&store, "hk", 100, "held-1", "rep").await;
+        writer.enqueue(record("t0-0", "k"), None);
+        writer.enqueue(record("fresh", "k"), None);
+        writer.enqueue(
+            record("held-1", "hk"),
+            Some(QuotaHold {
+                kind: QuotaKind::Tokens,
+                reserved: 100,
+                tracked: true,
+            }),
+        );
+        writer.flush().await;
+        let ids = store.usage_request_ids().await.unwrap();
+        assert_eq!(ids.len(), 1004, "{b}");
+        assert_eq!(ids.iter().filter(|id| *id == "t0-0").count(), 1, "{b}");
+        let k = store.key("hk").await.unwrap().unwrap();
+        assert_eq!((k.quota_used, k.quota_reserved), (1500, 0), "{b}");
+        let m = writer.metrics();
+        assert_eq!(
+            m.written.load(std::sync::atomic::Ordering::Relaxed),
+            1004,
+            "{b}"
+        );
+        assert_eq!(
+            m.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            m.spilled.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{b}"
+        );
+
+        let sql = raw(&store).await;
+        let (name,): (String,) =
+            sqlx::query_as("SELECT requested_model FROM usage WHERE request_id = 'nul'")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+        assert_eq!(name, "bad?name", "{b}");
+        let len = scalar(
+            &sql,
+            "SELECT CAST(LENGTH(requested_model) AS BIGINT) FROM usage WHERE request_id = 'long'",
+        )
+        .await;
+        assert_eq!(len, relay_store::tuple::MODEL_NAME_MAX as i64, "{b}");
+    }
+}
+
+/// A usage `COPY` cut off mid-stream (the writer's deadline dropped it) must not leave
+/// its connection to the next statement: with one connection in the pool, the
+/// statements after it still get their own answers, and the next batch goes in.
+#[tokio::test]
+async fn a_copy_cut_off_mid_stream_does_not_poison_the_pool() {
+    let Some(base) = postgres_base_url() else {
+        skip_postgres("copy_cut_off");
+        return;
+    };
+    let url = fresh_postgres(&base, "relay_store_copy_cut").await.unwrap();
+    let store = relay_store::connect(&url, 1).await.unwrap();
+    store.migrate().await.unwrap();
+    store.create_key(&quota_key("k", 10), "test").await.unwrap();
+    let mut big = Vec::new();
+    let mut ids = 0;
+    while big.len() < 4 << 20 {
+        let r = record(&format!("cut-{ids}"), "k");
+        assert!(relay_store::tuple::RowRef::of_record(&r, 0).encode(&mut big));
+        ids += 1;
+    }
+    let mut cut = 0;
+    // Deadlines from 20 µs up: the cut lands in every phase (the pool's checkout, the
+    // `COPY` statement before the server's answer, the data, the end).
+    for step in 0..40u64 {
+        let copy = store.insert_usage_tuples(std::slice::from_ref(&big));
+        if tokio::time::timeout(std::time::Duration::from_micros(20 + step * step * 4), copy)
+            .await
+            .is_err()
+        {
+            cut += 1;
+        }
+        // The pool's one connection answers these correctly afterwards, and a `COPY`
+        // is all or nothing: a cut one left no row, a finished one all of them (a
+        // repeat of a finished one went in the idempotent way, adding none).
+        let stored = store.usage_request_ids().await.unwrap().len();
+        assert!(stored == 0 || stored == ids, "{stored} of {ids} rows");
+        let keys = store.keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, "k");
+    }
+    assert!(cut > 0, "no COPY was cut off; the test proves nothing");
+    let mut small = Vec::new();
+    assert!(relay_store::tuple::RowRef::of_record(&record("after", "k"), 0).encode(&mut small));
+    assert_eq!(store.insert_usage_tuples(&[small]).await.unwrap(), 1);
+    assert_eq!(store.usage_count("after").await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn seeding_respects_admin_rows_and_credentials_are_sealed() {
     for store in stores("seeding").await {

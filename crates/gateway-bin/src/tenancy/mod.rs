@@ -321,11 +321,19 @@ impl UsageSink for Tenancy {
         };
         let key_entry = match &hold {
             Some(h) => Some(h.key.clone()),
-            None => record
-                .key_id
-                .as_deref()
-                .and_then(|id| self.keys.load().by_id(id).cloned())
-                .filter(|e| e.record.tpm.is_some()),
+            None => {
+                let keys = self.keys.load();
+                // The lookup by id only when some key has a TPM limit to charge.
+                if keys.any_tpm() {
+                    record
+                        .key_id
+                        .as_deref()
+                        .and_then(|id| keys.by_id(id).cloned())
+                        .filter(|e| e.record.tpm.is_some())
+                } else {
+                    None
+                }
+            }
         };
         if let Some(entry) = &key_entry {
             entry.limiter.charge(

@@ -12,8 +12,9 @@
 //! | migrations | `migrations/postgres`, under `pg_advisory_lock` | `migrations/sqlite`, under the file lock |
 //! | write transactions | `BEGIN` | `BEGIN IMMEDIATE` (take the write lock up front) |
 //! | change announcements | `NOTIFY relay_config` in the change's transaction | none (replicas poll `config_version`) |
-//! | usage batches | one cached `INSERT ... SELECT FROM UNNEST($1..$23)` of column arrays | multi-row `INSERT ... VALUES` of fixed sizes (cached statements) |
+//! | usage batches | binary `COPY` (`pg_copy`); a batch that repeats a stored request id is rolled back to a savepoint and written as one cached `INSERT ... SELECT FROM UNNEST($1..$23) ON CONFLICT DO NOTHING` | multi-row `INSERT ... VALUES ... ON CONFLICT DO NOTHING` of fixed sizes (cached statements) |
 
+mod pg_copy;
 mod portable;
 mod postgres;
 mod sqlite;
@@ -30,6 +31,7 @@ use crate::model::{
     AuditEntry, KeyRecord, PluginInfo, Price, StoredChannel, StoredPreset, UsageGroup, UsageReport,
     UsageRow,
 };
+use crate::tuple::RowRef;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -67,6 +69,17 @@ pub struct Reconciled {
     pub released: i64,
     /// Replica rows deleted (gone, nothing held).
     pub replicas_removed: u64,
+}
+
+/// Every row of buffers of tuples, borrowed.
+pub(crate) fn decode_all(bufs: &[Vec<u8>]) -> Result<Vec<RowRef<'_>>, StoreError> {
+    let mut rows = Vec::new();
+    for buf in bufs {
+        for row in crate::tuple::rows(buf) {
+            rows.push(row?);
+        }
+    }
+    Ok(rows)
 }
 
 /// A store shared by the gateway's tasks.
@@ -288,6 +301,12 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// its `quota_holds` row held (deleted with `DELETE ... RETURNING`; nothing when the
     /// hold is gone, e.g. reconciled before a late replay). Returns how many were new.
     async fn insert_usage(&self, rows: &[UsageRow]) -> Result<u64, StoreError>;
+
+    /// Write usage rows that carry no quota hold, given as buffers of
+    /// [tuples](crate::tuple) (what the usage writer collects). Rows whose request id is
+    /// already stored are skipped. Returns how many were new. A buffer that does not
+    /// read back as tuples fails the whole batch.
+    async fn insert_usage_tuples(&self, bufs: &[Vec<u8>]) -> Result<u64, StoreError>;
 
     /// Usage rows of one request id (tests and support).
     async fn usage_count(&self, request_id: &str) -> Result<i64, StoreError>;

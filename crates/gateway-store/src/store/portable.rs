@@ -5,6 +5,8 @@
 //! fields `pool`, `url` and `master`; `const BACKEND`; `const MIGRATIONS` (the schema);
 //! `async fn begin()` (a write transaction); `async fn announce(tx, target)` (tell other
 //! replicas a change committed); `async fn insert_usage_rows(tx, rows, want_ids)`;
+//! `async fn write_usage_tuples(bufs)` (a batch of [tuples](crate::tuple) with no quota
+//! hold to settle, in whatever transaction suits the backend);
 //! `async fn reserve_hold(key, amount, request, replica, now)` (the reservation and its
 //! hold row, atomically; the remaining quota, or `None` when it does not fit).
 //!
@@ -761,8 +763,14 @@ macro_rules! portable_store {
                 }
                 // Which rows were new matters only for settling quota holds.
                 let settle = rows.iter().any(|r| r.hold.is_some() && r.key_id.is_some());
+                let refs: Vec<RowRef<'_>> = rows.iter().map(RowRef::of_row).collect();
+                if !settle {
+                    let mut buf = Vec::new();
+                    crate::tuple::encode_all(&refs, &mut buf)?;
+                    return self.write_usage_tuples(std::slice::from_ref(&buf)).await;
+                }
                 let mut tx = self.begin().await?;
-                let (new, mut inserted) = Self::insert_usage_rows(&mut tx, rows, settle).await?;
+                let (new, mut inserted) = Self::insert_usage_rows(&mut tx, &refs, settle).await?;
                 if settle {
                     // Settle once per inserted id, even if the batch holds the id twice.
                     let mut settled: Vec<&UsageRow> = rows
@@ -824,6 +832,13 @@ macro_rules! portable_store {
                 }
                 tx.commit().await?;
                 Ok(new)
+            }
+
+            async fn insert_usage_tuples(&self, bufs: &[Vec<u8>]) -> Result<u64, StoreError> {
+                if bufs.iter().all(|b| b.is_empty()) {
+                    return Ok(0);
+                }
+                self.write_usage_tuples(bufs).await
             }
 
             async fn usage_count(&self, request_id: &str) -> Result<i64, StoreError> {

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Row, Sqlite};
 
+use super::decode_all;
 use super::portable::portable_store;
 use super::{Backend, MigrationSource, Reconciled, Reservation, Seed, SeedReport};
 use crate::crypto::MasterKey;
@@ -23,6 +24,7 @@ use crate::model::{
     AuditEntry, KeyRecord, Owner, PluginInfo, Price, Quota, QuotaKind, StoredChannel, StoredPreset,
     UsageGroup, UsageLine, UsageReport, UsageRow,
 };
+use crate::tuple::{COLUMNS, RowRef};
 use crate::{StoreError, now_ms};
 
 /// The store on a SQLite file. Cheap to clone.
@@ -41,7 +43,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-const USAGE_COLUMNS: usize = 23;
+const USAGE_COLUMNS: usize = COLUMNS.len();
+/// Rows per usage transaction at most: a transaction holds the file's only write lock,
+/// which quota reservations also need, so a large pass goes in several.
+const USAGE_TRANSACTION: usize = 512;
 /// Statement sizes (rows) a batch is cut into, largest first: at most 4 distinct
 /// statements, each prepared once; 23 parameters a row stays well under SQLite's limit.
 const USAGE_CHUNKS: [usize; 4] = [256, 32, 8, 1];
@@ -61,7 +66,9 @@ fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
             .iter()
             .map(|&n| {
                 let mut sql = String::with_capacity(400 + n * USAGE_COLUMNS * 2);
-                sql.push_str("INSERT INTO usage (request_id, key_id, requested_model, item, channel, upstream_model, client_dialect, upstream_dialect, operation, stream, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_micros, estimated, outcome, status, error_kind, attempts, latency_ms, ttft_ms, started_at) VALUES ");
+                sql.push_str("INSERT INTO usage (");
+                sql.push_str(&COLUMNS.join(", "));
+                sql.push_str(") VALUES ");
                 for i in 0..n {
                     if i > 0 {
                         sql.push(',');
@@ -90,16 +97,16 @@ fn insert_usage_sql(size: usize, returning: bool) -> &'static str {
 }
 
 /// Append one usage row's `USAGE_COLUMNS` values, in the insert's column order.
-fn bind_usage_row<'q>(args: &mut SqliteArguments<'q>, r: &'q UsageRow) -> Result<(), BoxDynError> {
-    args.add(r.request_id.as_str())?;
-    args.add(r.key_id.as_deref())?;
-    args.add(r.requested_model.as_str())?;
+fn bind_usage_row<'q>(args: &mut SqliteArguments<'q>, r: &RowRef<'q>) -> Result<(), BoxDynError> {
+    args.add(r.request_id)?;
+    args.add(r.key_id)?;
+    args.add(r.requested_model)?;
     args.add(r.item)?;
-    args.add(r.channel.as_deref())?;
-    args.add(r.upstream_model.as_deref())?;
-    args.add(r.client_dialect.as_str())?;
-    args.add(r.upstream_dialect.as_deref())?;
-    args.add(r.operation.as_str())?;
+    args.add(r.channel)?;
+    args.add(r.upstream_model)?;
+    args.add(r.client_dialect)?;
+    args.add(r.upstream_dialect)?;
+    args.add(r.operation)?;
     args.add(i64::from(r.stream))?;
     args.add(r.input_tokens)?;
     args.add(r.output_tokens)?;
@@ -107,9 +114,9 @@ fn bind_usage_row<'q>(args: &mut SqliteArguments<'q>, r: &'q UsageRow) -> Result
     args.add(r.reasoning_tokens)?;
     args.add(r.cost_micros)?;
     args.add(i64::from(r.estimated))?;
-    args.add(r.outcome.as_str())?;
+    args.add(r.outcome)?;
     args.add(r.status)?;
-    args.add(r.error_kind.as_deref())?;
+    args.add(r.error_kind)?;
     args.add(r.attempts)?;
     args.add(r.latency_ms)?;
     args.add(r.ttft_ms)?;
@@ -214,11 +221,24 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Insert a batch of [tuples](crate::tuple) with no quota hold to settle, in write
+    /// transactions of [`USAGE_TRANSACTION`] rows; how many rows were new.
+    async fn write_usage_tuples(&self, bufs: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let rows = decode_all(bufs)?;
+        let mut new = 0;
+        for chunk in rows.chunks(USAGE_TRANSACTION) {
+            let mut tx = self.begin().await?;
+            new += Self::insert_usage_rows(&mut tx, chunk, false).await?.0;
+            tx.commit().await?;
+        }
+        Ok(new)
+    }
+
     /// Insert a batch (duplicates of stored request ids skipped); how many were new
     /// and, when `want_ids`, which.
     async fn insert_usage_rows(
         tx: &mut Tx,
-        rows: &[UsageRow],
+        rows: &[RowRef<'_>],
         want_ids: bool,
     ) -> Result<(u64, HashSet<String>), StoreError> {
         let mut new = 0;
