@@ -6,13 +6,15 @@
 #                                one costs more than the tolerance (default 5 %) above it
 #   benches/icount.sh --bless    rewrite the baseline with this run's counts
 #   benches/icount.sh --e2e      user-space instructions per proxied request: the gateway
-#                                and a bare nginx hop under callgrind, same mock (not gated)
+#                                and a bare nginx hop under callgrind, same mock (not gated);
+#                                targets relay+sqlite and relay+postgres (a throwaway
+#                                cluster unless DATABASE_URL is set) add usage logging
 #
 # Each figure is (count of 1 + N iterations - count of 1 iteration) / N, so start-up and
 # set-up cancel out. Counts are user-space instructions only (no kernel, no waiting);
 # they move with the compiler, so the baseline is blessed on the toolchain CI uses.
 # Environment: ICOUNT_TOLERANCE=0.05 (fraction), ICOUNT_PROFILE=release,
-# ICOUNT_TARGETS="relay nginx" (--e2e).
+# ICOUNT_TARGETS="relay nginx" (--e2e; also relay+sqlite, relay+postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -129,7 +131,13 @@ wait_port() {
 target_count() {
     local kind=$1 n=$2 log="$work/$1.$2.log" url
     case "$kind" in
-        relay)
+        relay|relay+sqlite|relay+postgres)
+            local store=(--no-store)
+            case "$kind" in
+                # The embedded default: a fresh relay-data/gateway.db beside the config.
+                relay+sqlite) store=(); rm -rf "$work/relay-data" ;;
+                relay+postgres) store=(--database-url "$DATABASE_URL") ;;
+            esac
             cat > "$work/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port_target"
@@ -144,7 +152,7 @@ allow_private_network = true
 models = ["mock-model"]
 EOF
             valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-                "$rel/relay-gateway" serve --config "$work/gateway.toml" --log-level warn --no-store \
+                "$rel/relay-gateway" serve --config "$work/gateway.toml" --log-level warn "${store[@]}" \
                 >/dev/null 2>"$log" &
             ;;
         nginx)
@@ -168,6 +176,14 @@ EOF
 }
 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+case " ${ICOUNT_TARGETS:-} " in
+    *" relay+postgres "*)
+        # shellcheck source=../scripts/pg-throwaway
+        . "$root/scripts/pg-throwaway"
+        trap 'cleanup; declare -F pg_throwaway_stop >/dev/null && pg_throwaway_stop' EXIT
+        [ -n "${DATABASE_URL:-}" ] || { echo "icount.sh: no PostgreSQL for relay+postgres" >&2; exit 1; }
+        ;;
+esac
 printf '%-8s %18s\n' target "instr/request"
 for kind in ${ICOUNT_TARGETS:-relay nginx}; do
     if [ "$kind" = nginx ] && [ ! -x "$nginx_bin" ]; then

@@ -79,6 +79,10 @@ struct Args {
     /// target is skipped.
     #[arg(long, value_name = "URL")]
     pg_url: Option<String>,
+    /// Where and how that Postgres runs, for the record (benches/run.sh passes
+    /// it: the CPU it is pinned to and its scheduling priority).
+    #[arg(long, value_name = "TEXT")]
+    pg_placement: Option<String>,
     /// Skip the nginx target (e.g. when it cannot be installed).
     #[arg(long)]
     no_nginx: bool,
@@ -632,6 +636,9 @@ fn main() -> ExitCode {
         "machine": machine,
         "nice": nice,
         "pinning": if pin { json!({"targets": "CPU 0", "mock_and_load_generator": "CPU 1"}) } else { Value::Null },
+        "database": bench.args.pg_url.as_ref().map(|_| json!({
+            "placement": bench.args.pg_placement.clone().unwrap_or_else(|| "not given".into()),
+        })),
         "loadavg_start": load,
         "loadavg_end": load_end,
         "busy": busy,

@@ -484,10 +484,11 @@ pub(crate) fn budgets(aggs: &[Value], idle: &[Value]) -> Vec<Value> {
             let thr = r["throughput_vs_relay"].as_f64();
             let p99 = r["latency_p99_vs_relay"].as_f64();
             parts.push(format!(
-                "{}: throughput {}x, p99 {}x",
+                "{}: throughput {}x, p99 {}x (gateway CPU per request {}x)",
                 r["load"].as_str().unwrap_or(""),
                 f(thr, 3),
-                f(p99, 3)
+                f(p99, 3),
+                f(r["cpu_vs_relay"].as_f64(), 2)
             ));
             oks.push(thr.zip(p99).map(|(t, p)| t >= 0.95 && p <= 1.05));
         }
@@ -748,6 +749,9 @@ pub(crate) fn markdown(doc: &Value) -> String {
         doc["rounds_per_load"],
         if doc["peers"] == true { ", peers" } else { "" }
     );
+    if let Some(placement) = doc["database"]["placement"].as_str() {
+        let _ = writeln!(out, "Database (relay+postgres): {placement}.\n");
+    }
     let v = &doc["versions"];
     let _ = writeln!(
         out,
