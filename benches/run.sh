@@ -7,9 +7,6 @@
 #   benches/run.sh --scenario overhead --scenario streaming
 #   benches/run.sh --peers              also LiteLLM proxy 1.93.0 (PyPI) and Portkey 1.15.2 (npm)
 #   benches/run.sh --smoke --debug      the CI smoke run: debug binaries (no release build)
-#   benches/run.sh --scenario usage-logging --pg-normal-priority
-#                                       the database at normal priority on CPU 1 (default:
-#                                       SCHED_IDLE there, standing in for its own host)
 #
 # The plugins scenario needs plugins/dist (built here by scripts/build-plugins when
 # missing); the usage-logging scenario starts a throwaway PostgreSQL (scripts/pg-throwaway,
@@ -33,7 +30,6 @@ profile=release
 args=()
 scenarios=()
 nopin=0
-pg_idle=1
 prev=""
 for a in "$@"; do
     case "$a" in
@@ -41,8 +37,7 @@ for a in "$@"; do
         --peers) peers=1; args+=("$a") ;;
         --debug) profile=debug ;;
         --no-pin) nopin=1; args+=("$a") ;;
-        --pg-normal-priority) pg_idle=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
     [ "$prev" = --scenario ] && scenarios+=("$a")
@@ -114,19 +109,14 @@ if wants usage-logging; then
     . "$root/scripts/pg-throwaway"
     if [ -n "${DATABASE_URL:-}" ]; then
         args+=(--pg-url "$DATABASE_URL")
-        # The database plays a separate host: keep it off the gateway's CPU 0, and let
-        # it have only the CPU time the mock and the load generator leave on CPU 1
-        # (SCHED_IDLE, inherited by the backends it forks), so its own work is not
-        # counted against the relay. --pg-normal-priority leaves it at the default.
+        # The database plays a separate host: keep it off the gateway's CPU 0. (It
+        # shares CPU 1 with the mock and the load generator; SCHED_IDLE there was tried
+        # and measured worse, see BENCHMARKS.md "Usage logging".)
         placement="unpinned, normal priority"
         if [ "$nopin" = 0 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
             pm=$(head -n1 "$RELAY_TEST_PG_DATA/postmaster.pid")
             placement="CPU 1 (with the mock and the load generator), normal priority"
-            [ "$pg_idle" = 1 ] && placement="CPU 1 (with the mock and the load generator), SCHED_IDLE: only the CPU time they leave"
-            for p in "$pm" $(pgrep -P "$pm"); do
-                taskset -acp 1 "$p" >/dev/null 2>&1 || true
-                if [ "$pg_idle" = 1 ]; then chrt --idle -a -p 0 "$p" >/dev/null 2>&1 || true; fi
-            done
+            for p in "$pm" $(pgrep -P "$pm"); do taskset -acp 1 "$p" >/dev/null 2>&1 || true; done
         fi
         args+=(--pg-placement "$placement")
     fi
