@@ -151,7 +151,9 @@ base_url = "http://127.0.0.1:$port_mock/v1"
 allow_private_network = true
 models = ["mock-model"]
 EOF
-            valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+            # Only relay+postgres names a database: relay-gateway reads DATABASE_URL, which
+            # the throwaway PostgreSQL exports, and the others must not pick it up.
+            env -u DATABASE_URL valgrind --tool=callgrind --callgrind-out-file=/dev/null \
                 "$rel/relay-gateway" serve --config "$work/gateway.toml" --log-level warn "${store[@]}" \
                 >/dev/null 2>"$log" &
             ;;

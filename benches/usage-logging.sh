@@ -19,6 +19,9 @@ bin="$root/target/release"
 unset DATABASE_URL
 . scripts/pg-throwaway
 pg_url=${DATABASE_URL:-}
+# Only the postgres variant names the database; relay-gateway reads DATABASE_URL, so left
+# exported it would make the sqlite variant (and its row count) Postgres's too.
+unset DATABASE_URL
 
 work=$(mktemp -d /tmp/relay-usage-bench.XXXXXX)
 pids=()
