@@ -341,21 +341,37 @@ pub(crate) fn budgets(aggs: &[Value], idle: &[Value]) -> Vec<Value> {
     }
 
     let streaming = find(aggs, "streaming", "relay");
-    match streaming.first() {
+    // The paced streams (32 together) for frames and gaps; one stream at a time
+    // (c=1) for time to first token, when that case ran.
+    let paced = streaming.iter().find(|s| s["load"] != "c=1").copied();
+    let single = streaming.iter().find(|s| s["load"] == "c=1").copied();
+    match paced.or(single) {
         Some(s) => {
             // Judged on the p99 of all rounds' streams together: a round's own
-            // p99 (about 100 streams) is its slowest stream. Its median is shown.
-            let pooled = s["added"]["ttft_p99_pooled"].as_f64();
-            let per_round = s["added"]["ttft_p99"].as_f64();
-            let ttft = pooled.or(per_round);
+            // p99 is its slowest few streams. Judged one stream at a time when
+            // that ran, as the non-streaming added latency is; the burst of 32
+            // streams starting together is shown beside it.
+            let judged = single.unwrap_or(s);
+            let pooled = |a: &Value| a["added"]["ttft_p99_pooled"].as_f64();
+            let ttft = pooled(judged).or(judged["added"]["ttft_p99"].as_f64());
+            let mut detail = format!(
+                "{}: {} µs over {} streams pooled (median of the rounds' own p99: {} µs)",
+                judged["load"].as_str().unwrap_or("?"),
+                f(pooled(judged), 1),
+                judged["ttft_samples"],
+                f(judged["added"]["ttft_p99"].as_f64(), 1)
+            );
+            if let (Some(_), Some(p)) = (single, paced) {
+                detail.push_str(&format!(
+                    "; {} streams starting together: {} µs over {} streams pooled",
+                    p["load"].as_str().unwrap_or("?"),
+                    f(pooled(p), 1),
+                    p["ttft_samples"]
+                ));
+            }
             line(
                 "Streaming added TTFT p99 <= 150 µs",
-                format!(
-                    "{} µs over {} streams pooled; median of the rounds' own p99: {} µs",
-                    f(pooled, 1),
-                    s["ttft_samples"],
-                    f(per_round, 1)
-                ),
+                detail,
                 ttft.map(|x| x <= 150.0),
             );
             let transit = s["added"]["transit_p99"].as_f64();

@@ -191,28 +191,46 @@ pub(crate) fn cases(name: &str, smoke: bool, rounds: usize) -> Vec<Case> {
         }
         "streaming" => {
             let tokens = if smoke { 16 } else { 64 };
-            vec![case(
-                "streaming",
-                &format!("{tokens}x20ms"),
-                args(&[
-                    "--tokens",
-                    &tokens.to_string(),
-                    "--chunk-interval-ms",
-                    "20",
-                    "--stamp-frames",
-                ]),
-                vec![Load {
-                    stream: true,
-                    expect_frames: tokens + 3,
-                    ..closed(
-                        "c=32",
-                        if smoke { 4 } else { 32 },
-                        scale(4.0, 0.6),
-                        scale(1.5, 0.4),
-                    )
-                }],
-                r,
-            )]
+            vec![
+                // Frames and gaps under concurrency: 32 paced streams, started
+                // together (so their first requests also arrive as a burst).
+                case(
+                    "streaming",
+                    &format!("{tokens}x20ms"),
+                    args(&[
+                        "--tokens",
+                        &tokens.to_string(),
+                        "--chunk-interval-ms",
+                        "20",
+                        "--stamp-frames",
+                    ]),
+                    vec![Load {
+                        stream: true,
+                        expect_frames: tokens + 3,
+                        ..closed(
+                            "c=32",
+                            if smoke { 4 } else { 32 },
+                            scale(4.0, 0.6),
+                            scale(1.5, 0.4),
+                        )
+                    }],
+                    r,
+                ),
+                // Time to first token one stream at a time, as the non-streaming
+                // added latency is measured: short streams (4 deltas, 1 ms apart),
+                // so a round holds hundreds of them.
+                case(
+                    "streaming",
+                    "4x1ms",
+                    args(&["--tokens", "4", "--chunk-interval-ms", "1"]),
+                    vec![Load {
+                        stream: true,
+                        expect_frames: 4 + 3,
+                        ..closed("c=1", 1, scale(3.0, 0.5), scale(0.5, 0.2))
+                    }],
+                    r,
+                ),
+            ]
         }
         "streams" => {
             let levels: &[usize] = if smoke { &[256] } else { &[512, 2048, 8192] };
