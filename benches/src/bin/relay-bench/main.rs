@@ -679,6 +679,19 @@ fn main() -> ExitCode {
         json_path.display(),
         md_path.display()
     );
+    // The targets' logs (warnings such as a failed upstream attempt explain outliers)
+    // are kept beside the results; the rest of the work directory goes.
+    let logs = out_dir.join(format!("{}-logs", bench.stamp));
+    if let Ok(entries) = std::fs::read_dir(&bench.paths.work) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && std::fs::create_dir_all(&logs).is_ok()
+            {
+                let _ = std::fs::copy(&path, logs.join(entry.file_name()));
+            }
+        }
+    }
     if bench.broken.is_empty() {
         let _ = std::fs::remove_dir_all(&bench.paths.work);
         ExitCode::SUCCESS
