@@ -270,15 +270,32 @@ fn cost_micros(record: &UsageRecord, prices: &HashMap<String, Price>) -> i64 {
 }
 
 /// A settlement record as a row, with its cost from the price table (by upstream model,
-/// else by the requested name).
+/// else by the requested name). The columns are [`RowRef::of_record`]'s; the record's
+/// strings move into the row, and its labels stay borrowed from relay-core's static
+/// names.
 pub fn to_row(
     record: UsageRecord,
     hold: Option<QuotaHold>,
     prices: &HashMap<String, Price>,
 ) -> UsageRow {
-    let cost_micros = cost_micros(&record, prices);
-    let u = record.usage;
-    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let cost = cost_micros(&record, prices);
+    // The numbers, and the cut model names' lengths, before the strings move.
+    let RowRef {
+        item,
+        stream,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        reasoning_tokens,
+        cost_micros,
+        estimated,
+        status,
+        attempts,
+        latency_ms,
+        ttft_ms,
+        started_at,
+        ..
+    } = RowRef::of_record(&record, cost);
     let name = |s: String| match tuple::clean(tuple::model_name(&s)) {
         Cow::Borrowed(b) if b.len() == s.len() => s,
         other => other.into_owned(),
@@ -287,30 +304,26 @@ pub fn to_row(
         request_id: record.request_id,
         key_id: record.key_id,
         requested_model: name(record.requested_model),
-        item: record.item.map(|i| i64::try_from(i).unwrap_or(i64::MAX)),
+        item,
         channel: record.channel,
         upstream_model: record.upstream_model.map(name),
         client_dialect: Cow::Borrowed(record.client_dialect),
         upstream_dialect: record.upstream_dialect.map(Cow::Borrowed),
         operation: Cow::Borrowed(record.operation),
-        stream: record.stream,
-        input_tokens: clamp(u.input_tokens),
-        output_tokens: clamp(u.output_tokens),
-        cached_tokens: clamp(u.cached_input_tokens),
-        reasoning_tokens: clamp(u.reasoning_tokens),
+        stream,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        reasoning_tokens,
         cost_micros,
-        estimated: record.estimated,
+        estimated,
         outcome: Cow::Borrowed(tuple::outcome_label(record.outcome)),
-        status: i64::from(record.status),
+        status,
         error_kind: record.error_kind.map(Cow::Borrowed),
-        attempts: i64::from(record.attempts),
-        latency_ms: clamp(record.latency_ms),
-        ttft_ms: record.ttft_ms.map(clamp),
-        started_at: record
-            .started_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| clamp(d.as_millis() as u64))
-            .unwrap_or(0),
+        attempts,
+        latency_ms,
+        ttft_ms,
+        started_at,
         hold,
     }
 }
@@ -601,5 +614,41 @@ impl WriterTask {
         }
         tracing::info!("spill file replayed");
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::{DialectId, Operation, Outcome};
+
+    use super::*;
+
+    #[test]
+    fn a_row_and_the_tuple_of_the_same_record_have_the_same_columns() {
+        let mut rec = UsageRecord::new(
+            "req_x".into(),
+            "fast".into(),
+            DialectId::OPENAI_CHAT,
+            Operation::Chat,
+        );
+        rec.key_id = Some("k".into());
+        rec.upstream_model = Some("m1".into());
+        rec.usage.input_tokens = 1000;
+        rec.usage.output_tokens = 500;
+        rec.outcome = Outcome::Error;
+        rec.error_kind = Some("upstream_timeout");
+        let prices = HashMap::from([(
+            "m1".to_owned(),
+            Price {
+                input_per_mtok: 3.0,
+                output_per_mtok: 15.0,
+                cached_input_per_mtok: 0.3,
+            },
+        )]);
+        let cost = cost_micros(&rec, &prices);
+        assert_eq!(cost, 10_500);
+        let row = to_row(rec.clone(), None, &prices);
+        assert_eq!(RowRef::of_row(&row), RowRef::of_record(&rec, cost));
+        assert!(matches!(row.client_dialect, Cow::Borrowed(_)));
     }
 }
