@@ -54,11 +54,15 @@ impl Taken {
         self.rows + self.held.len()
     }
 
-    /// Empty the buffers for reuse, keeping their capacity.
+    /// Empty the buffers for reuse, keeping their capacity; a buffer that grew past
+    /// [`SPARE_KEEP`] (a backlog while the database was slow) is freed instead, so a
+    /// burst does not stay resident.
     pub(super) fn clear(&mut self, spare: &mut Vec<Vec<u8>>) {
         for mut b in self.bufs.drain(..) {
-            b.clear();
-            spare.push(b);
+            if b.capacity() <= SPARE_KEEP {
+                b.clear();
+                spare.push(b);
+            }
         }
         self.rows = 0;
         self.held.clear();
@@ -97,6 +101,10 @@ fn thread_index() -> usize {
         }
     })
 }
+
+/// Capacity a reused buffer may keep: about 3,000 rows, more than a shard gathers in
+/// one flush interval at 50k requests a second.
+const SPARE_KEEP: usize = 1 << 20;
 
 /// Bytes a tuple takes on average (for sizing a byte cap from a row count).
 pub(super) const TUPLE_BYTES: usize = 320;
@@ -263,7 +271,13 @@ mod tests {
         assert_eq!(shards.depth(), 0);
         // The buffers go back as spares with their capacity, and are reused.
         taken.clear(&mut spare);
+        assert!(!spare.is_empty());
         assert!(spare.iter().all(|b| b.is_empty() && b.capacity() > 0));
+        // One grown past the limit is freed, not kept.
+        taken.bufs.push(Vec::with_capacity(SPARE_KEEP + 1));
+        let kept = spare.len();
+        taken.clear(&mut spare);
+        assert_eq!(spare.len(), kept);
         let r = record("again");
         assert!(shards.push_tuple(&RowRef::of_record(&r, 0)));
         shards.take(&mut taken, &mut spare);
