@@ -122,6 +122,57 @@ pub(crate) struct Round {
     pub(crate) foreign_cores: Option<f64>,
     pub(crate) loadavg: Option<[f64; 3]>,
     pub(crate) error: Option<String>,
+    /// A store target's usage writer over the round (see [`WriterRound`]).
+    pub(crate) writer: Option<WriterRound>,
+}
+
+/// What a store target's usage writer did over a round, from its `/admin/metrics`
+/// before and after, and how long it took to settle afterwards. A writer that falls
+/// behind leaves rows in its shards (or the spill file) that the measured window did not
+/// pay for; the harness waits for them to be written before the next target's turn and
+/// charges the CPU that took to the round (`settled_ticks`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriterRound {
+    /// Rows taken in during the load.
+    pub(crate) enqueued: f64,
+    /// Rows that went to the spill file because the shards were full (must be 0 for
+    /// a writer that keeps up).
+    pub(crate) spilled: f64,
+    /// Rows waiting in the shards when the load stopped.
+    pub(crate) backlog: f64,
+    /// Seconds from the end of the load until every row was written.
+    pub(crate) settle_s: f64,
+    /// Target CPU ticks over the load and the settling together.
+    pub(crate) settled_ticks: Option<u64>,
+    /// Why the writer's figures are missing or incomplete.
+    pub(crate) error: Option<String>,
+}
+
+/// How long the harness waits for a writer to settle after a round.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits until a store target's writer has nothing queued and nothing spilled left to
+/// replay; the seconds that took, or an error.
+fn settle(admin: std::net::SocketAddr) -> Result<f64, String> {
+    let started = Instant::now();
+    loop {
+        let m = procs::admin_metrics(admin, targets::ADMIN_TOKEN)?;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        if get("relay_usage_queue_depth") == 0.0
+            && get("relay_usage_replayed_total") >= get("relay_usage_spilled_total")
+        {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            return Err(format!(
+                "the usage writer did not settle in {SETTLE_LIMIT:?}: {} queued, {} spilled, {} replayed",
+                get("relay_usage_queue_depth"),
+                get("relay_usage_spilled_total"),
+                get("relay_usage_replayed_total")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Busy and total jiffies of the whole machine (`/proc/stat`).
@@ -275,6 +326,14 @@ impl Bench {
                     procs::signal_all(&paused, "-CONT");
                     let summary = report::round_line(&r);
                     eprintln!("  {summary}");
+                    if let Some(e) = r.writer.as_ref().and_then(|w| w.error.as_ref()) {
+                        self.broken.push(format!(
+                            "{}/{}: {} round {round}: {e}",
+                            case.scenario,
+                            case.name,
+                            target.kind.name()
+                        ));
+                    }
                     self.rounds.push(r);
                 }
             }
@@ -342,6 +401,9 @@ impl Bench {
             argv.extend(["-H".into(), format!("{k}: {v}")]);
         }
         let loadavg = sys::loadavg();
+        let writer_before = target
+            .admin
+            .map(|a| procs::admin_metrics(a, targets::ADMIN_TOKEN));
         let before = (!tree.is_empty()).then(|| sys::sample_all(&tree));
         let mock_before = sys::sample(Some(mock.pid()));
         let jiffies_before = machine_jiffies();
@@ -359,6 +421,29 @@ impl Bench {
         let after = (!tree.is_empty()).then(|| sys::sample_all(&tree));
         let mock_after = sys::sample(Some(mock.pid()));
         let jiffies_after = machine_jiffies();
+        let writer = writer_before.zip(target.admin).map(|(before_m, admin)| {
+            let mut w = WriterRound::default();
+            let end = before_m.and_then(|b| {
+                let e = procs::admin_metrics(admin, targets::ADMIN_TOKEN)?;
+                let d =
+                    |k: &str| e.get(k).copied().unwrap_or(0.0) - b.get(k).copied().unwrap_or(0.0);
+                w.enqueued = d("relay_usage_enqueued_total");
+                w.spilled = d("relay_usage_spilled_total");
+                w.backlog = e.get("relay_usage_queue_depth").copied().unwrap_or(0.0);
+                Ok(())
+            });
+            match end.and_then(|()| settle(admin)) {
+                Ok(secs) => {
+                    w.settle_s = secs;
+                    let settled = sys::sample_all(&tree);
+                    w.settled_ticks = before
+                        .as_ref()
+                        .map(|b| settled.cpu_ticks.saturating_sub(b.cpu_ticks));
+                }
+                Err(e) => w.error = Some(e),
+            }
+            w
+        });
 
         let mut error = None;
         let result = match status {
@@ -427,6 +512,7 @@ impl Bench {
             foreign_cores,
             loadavg,
             error,
+            writer,
         }
     }
 }

@@ -236,6 +236,47 @@ pub(crate) fn probe(
         })
 }
 
+/// The Prometheus text of a gateway's `/admin/metrics` as name → value (samples
+/// without labels only).
+pub(crate) fn admin_metrics(
+    addr: SocketAddr,
+    token: &str,
+) -> Result<std::collections::HashMap<String, f64>, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET /admin/metrics HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("no HTTP response from the admin listener")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(format!(
+            "admin metrics: {}",
+            head.lines().next().unwrap_or("no status line")
+        ));
+    }
+    Ok(parse_metrics(body))
+}
+
+/// Prometheus text → name → value, for samples without labels.
+fn parse_metrics(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            (!name.contains('{')).then_some(())?;
+            Some((name.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Waits until `addr` answers `path` with a 2xx (or `timeout` passes, or
 /// the process dies).
 pub(crate) fn wait_ready(
@@ -283,4 +324,20 @@ pub(crate) fn version_of(argv: &[&str]) -> Option<String> {
         .lines()
         .next()
         .map(|l| l.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metrics;
+
+    #[test]
+    fn metrics_text_is_read_by_name() {
+        let m = parse_metrics(
+            "# TYPE relay_usage_queue_depth gauge\nrelay_usage_queue_depth 12\n\
+             relay_usage_spilled_total 3\nlabelled{a=\"b\"} 1\nbroken\n",
+        );
+        assert_eq!(m.get("relay_usage_queue_depth"), Some(&12.0));
+        assert_eq!(m.get("relay_usage_spilled_total"), Some(&3.0));
+        assert_eq!(m.len(), 2, "{m:?}");
+    }
 }

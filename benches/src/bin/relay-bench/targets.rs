@@ -95,6 +95,22 @@ pub(crate) struct Running {
     pub(crate) headers: Vec<(String, String)>,
     /// The process (none for direct: the mock is measured separately).
     pub(crate) proc: Option<Proc>,
+    /// The admin listener of a gateway with a usage writer (its `/admin/metrics` tell
+    /// whether the writer kept up).
+    pub(crate) admin: Option<SocketAddr>,
+}
+
+/// The admin token the harness starts gateways with.
+pub(crate) const ADMIN_TOKEN: &str = "relay-bench-admin-token";
+
+/// Whether `kind` writes usage to a store (and so has a writer to watch).
+fn has_store(kind: Kind) -> bool {
+    matches!(kind, Kind::GatewaySqlite | Kind::GatewayPostgres)
+}
+
+/// The admin listener of a store target: 40 ports above its own.
+fn admin_addr(port_base: u16, kind: Kind) -> Option<SocketAddr> {
+    has_store(kind).then(|| SocketAddr::from(([127, 0, 0, 1], port_base + 40 + kind.port_offset())))
 }
 
 impl Running {
@@ -175,6 +191,7 @@ pub(crate) fn start(
                 path,
                 headers: Vec::new(),
                 proc: None,
+                admin: None,
             });
         }
         Kind::Nginx => (start_nginx(paths, listen, upstream, cpus)?, Vec::new(), 10),
@@ -183,7 +200,14 @@ pub(crate) fn start(
         | Kind::GatewayPluginsFresh
         | Kind::GatewaySqlite
         | Kind::GatewayPostgres => (
-            start_gateway(kind, paths, listen, upstream, cpus)?,
+            start_gateway(
+                kind,
+                paths,
+                listen,
+                upstream,
+                admin_addr(port_base, kind),
+                cpus,
+            )?,
             vec![(s("authorization"), s("Bearer rk-bench"))],
             // Plugins compile (cranelift) at start unless cached.
             60,
@@ -218,6 +242,7 @@ pub(crate) fn start(
         path,
         headers,
         proc: Some(proc),
+        admin: admin_addr(port_base, kind),
     })
 }
 
@@ -315,6 +340,7 @@ fn start_gateway(
     paths: &Paths,
     listen: SocketAddr,
     upstream: SocketAddr,
+    admin: Option<SocketAddr>,
     cpus: Option<&str>,
 ) -> Result<Proc, String> {
     let mut toml = gateway_config(listen, upstream);
@@ -365,12 +391,17 @@ fn start_gateway(
         s("warn"),
     ];
     argv.extend(extra);
+    let mut env = Vec::new();
+    if let Some(admin) = admin {
+        argv.extend([s("--admin-listen"), admin.to_string()]);
+        env.push((s("RELAY_ADMIN_TOKEN"), ADMIN_TOKEN.to_owned()));
+    }
     Proc::spawn(
         "relay-gateway",
         &argv,
         cpus,
         &paths.work.join(format!("{stem}.log")),
-        &[],
+        &env,
         None,
     )
 }
