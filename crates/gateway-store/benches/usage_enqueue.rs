@@ -3,6 +3,8 @@
 //! behind it) and times only the enqueueing; the writer is flushed between samples.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,21 +12,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use relay_core::UsageRecord;
 use relay_store::writer::PriceTable;
 use relay_store::{UsageWriter, WriterConfig};
-
-fn record(i: u64) -> UsageRecord {
-    let mut r = UsageRecord::new(
-        format!("req_{i:032x}"),
-        "fast".into(),
-        relay_core::DialectId::OPENAI_CHAT,
-        relay_core::Operation::Chat,
-    );
-    r.key_id = Some("bench".into());
-    r.channel = Some("mock".into());
-    r.upstream_model = Some("mock-model".into());
-    r.usage.input_tokens = 12;
-    r.usage.output_tokens = 24;
-    r
-}
 
 fn enqueue(c: &mut Criterion) {
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
@@ -36,10 +23,7 @@ fn enqueue(c: &mut Criterion) {
     };
     let dir = std::env::temp_dir().join(format!("relay-bench-enqueue-{}", std::process::id()));
     let writer = rt.block_on(async {
-        let store = relay_store::connect(dir.join("bench.db").to_str().unwrap_or("bench.db"), 2)
-            .await
-            .ok()?;
-        store.migrate().await.ok()?;
+        let store = support::sqlite_store(&dir).await?;
         let mut config = WriterConfig::new(dir.join("spill"));
         config.queue = 1 << 21;
         config.batch = 4096;
@@ -56,7 +40,7 @@ fn enqueue(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     group.bench_function("enqueue", |b| {
         b.iter_custom(|iters| {
-            let records: Vec<UsageRecord> = (0..iters).map(|i| record(next + i)).collect();
+            let records: Vec<UsageRecord> = (0..iters).map(|i| support::record(next + i)).collect();
             next += iters;
             let start = Instant::now();
             for r in records {

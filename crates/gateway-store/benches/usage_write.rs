@@ -3,28 +3,14 @@
 //! one core this is CPU taken from requests, so it is what usage logging costs there.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relay_core::UsageRecord;
 use relay_store::tuple::RowRef;
 
 const PASS: u64 = 512;
-
-fn record(i: u64) -> UsageRecord {
-    let mut r = UsageRecord::new(
-        format!("{i:032x}"),
-        "mock-model".into(),
-        relay_core::DialectId::OPENAI_CHAT,
-        relay_core::Operation::Chat,
-    );
-    r.key_id = Some("bench".into());
-    r.channel = Some("mock".into());
-    r.upstream_model = Some("mock-model".into());
-    r.usage.input_tokens = 12;
-    r.usage.output_tokens = 24;
-    r
-}
 
 fn write(c: &mut Criterion) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -34,15 +20,7 @@ fn write(c: &mut Criterion) {
         return;
     };
     let dir = std::env::temp_dir().join(format!("relay-bench-write-{}", std::process::id()));
-    let store = rt.block_on(async {
-        let store = relay_store::connect(dir.join("bench.db").to_str().unwrap_or("bench.db"), 2)
-            .await
-            .ok()?;
-        store.migrate().await.ok()?;
-        Some(store)
-    });
-    let Some(store) = store else {
-        eprintln!("cannot open the store");
+    let Some(store) = rt.block_on(support::sqlite_store(&dir)) else {
         return;
     };
     let mut next = 0u64;
@@ -57,7 +35,7 @@ fn write(c: &mut Criterion) {
             for _ in 0..iters {
                 let mut buf = Vec::new();
                 for i in 0..PASS {
-                    let r = record(next + i);
+                    let r = support::record(next + i);
                     assert!(RowRef::of_record(&r, 7).encode(&mut buf), "a row fits");
                 }
                 next += PASS;

@@ -754,39 +754,37 @@ fn columns(scenario: &str) -> Vec<Column> {
             ("RSS peak MiB", |v| mib(&v["rss_peak_kib"])),
             cpu1,
         ],
-        "plugins" => vec![
-            load,
-            target,
-            rps,
-            ("rps ÷ relay", |v| num(&v["throughput_vs_relay"], 3)),
-            p50,
-            p99,
-            ("p99 ÷ relay", |v| num(&v["latency_p99_vs_relay"], 3)),
-            ("added p99 µs", |v| num(&v["added"]["latency_p99"], 1)),
-            cpu,
-            ("CPU ÷ relay", |v| num(&v["cpu_vs_relay"], 2)),
-            errors,
-        ],
-        // The writer's columns: CPU per request with the rows written (the harness
-        // waits for the writer after each round), rows that went to the spill file
-        // because the writer fell behind, and how long it took to settle.
-        "usage-logging" => vec![
-            load,
-            target,
-            rps,
-            ("rps ÷ relay", |v| num(&v["throughput_vs_relay"], 3)),
-            p50,
-            p99,
-            ("p99 ÷ relay", |v| num(&v["latency_p99_vs_relay"], 3)),
-            cpu,
-            ("CPU ÷ relay", |v| num(&v["cpu_vs_relay"], 2)),
-            ("CPU settled ÷ relay", |v| {
-                num(&v["cpu_settled_vs_relay"], 2)
-            }),
-            ("rows spilled", |v| num(&v["rows_spilled"], 0)),
-            ("settle s", |v| num(&v["writer_settle_s"], 2)),
-            errors,
-        ],
+        // The variants against the bare gateway. Usage logging adds the writer's
+        // columns: CPU per request with the rows written (the harness waits for the
+        // writer after each round), rows that went to the spill file because the writer
+        // fell behind, and how long it took to settle.
+        "plugins" | "usage-logging" => {
+            let mut cols = vec![
+                load,
+                target,
+                rps,
+                ("rps ÷ relay", |v| num(&v["throughput_vs_relay"], 3)),
+                p50,
+                p99,
+                ("p99 ÷ relay", |v| num(&v["latency_p99_vs_relay"], 3)),
+            ];
+            if scenario == "plugins" {
+                cols.push(("added p99 µs", |v| num(&v["added"]["latency_p99"], 1)));
+            }
+            cols.extend([cpu, ("CPU ÷ relay", |v| num(&v["cpu_vs_relay"], 2))]);
+            if scenario == "usage-logging" {
+                let settled: Column = ("CPU settled ÷ relay", |v| {
+                    num(&v["cpu_settled_vs_relay"], 2)
+                });
+                cols.extend([
+                    settled,
+                    ("rows spilled", |v| num(&v["rows_spilled"], 0)),
+                    ("settle s", |v| num(&v["writer_settle_s"], 2)),
+                ]);
+            }
+            cols.push(errors);
+            cols
+        }
         _ => vec![
             load,
             target,
