@@ -151,6 +151,37 @@ pub(crate) struct WriterRound {
 /// How long the harness waits for a writer to settle after a round.
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
+type Metrics = std::collections::HashMap<String, f64>;
+
+/// A store target's writer over a round that just ended: its counters against `before`
+/// (read before the load), then the wait for it to settle, and the target's CPU ticks
+/// since `ticks_before` once it has.
+fn writer_round(
+    admin: std::net::SocketAddr,
+    before: Result<Metrics, String>,
+    tree: &[u32],
+    ticks_before: Option<u64>,
+) -> WriterRound {
+    let mut w = WriterRound::default();
+    let counted = before.and_then(|b| {
+        let end = procs::admin_metrics(admin, targets::ADMIN_TOKEN)?;
+        let grew = |k: &str| end.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0);
+        w.enqueued = grew("relay_usage_enqueued_total");
+        w.spilled = grew("relay_usage_spilled_total");
+        w.backlog = end.get("relay_usage_queue_depth").copied().unwrap_or(0.0);
+        Ok(())
+    });
+    match counted.and_then(|()| settle(admin)) {
+        Ok(secs) => {
+            w.settle_s = secs;
+            let settled = sys::sample_all(tree);
+            w.settled_ticks = ticks_before.map(|t| settled.cpu_ticks.saturating_sub(t));
+        }
+        Err(e) => w.error = Some(e),
+    }
+    w
+}
+
 /// Waits until a store target's writer has nothing queued and nothing spilled left to
 /// replay; the seconds that took, or an error.
 fn settle(admin: std::net::SocketAddr) -> Result<f64, String> {
@@ -403,7 +434,7 @@ impl Bench {
         let loadavg = sys::loadavg();
         let writer_before = target
             .admin
-            .map(|a| procs::admin_metrics(a, targets::ADMIN_TOKEN));
+            .map(|a| (a, procs::admin_metrics(a, targets::ADMIN_TOKEN)));
         let before = (!tree.is_empty()).then(|| sys::sample_all(&tree));
         let mock_before = sys::sample(Some(mock.pid()));
         let jiffies_before = machine_jiffies();
@@ -421,28 +452,8 @@ impl Bench {
         let after = (!tree.is_empty()).then(|| sys::sample_all(&tree));
         let mock_after = sys::sample(Some(mock.pid()));
         let jiffies_after = machine_jiffies();
-        let writer = writer_before.zip(target.admin).map(|(before_m, admin)| {
-            let mut w = WriterRound::default();
-            let end = before_m.and_then(|b| {
-                let e = procs::admin_metrics(admin, targets::ADMIN_TOKEN)?;
-                let d =
-                    |k: &str| e.get(k).copied().unwrap_or(0.0) - b.get(k).copied().unwrap_or(0.0);
-                w.enqueued = d("relay_usage_enqueued_total");
-                w.spilled = d("relay_usage_spilled_total");
-                w.backlog = e.get("relay_usage_queue_depth").copied().unwrap_or(0.0);
-                Ok(())
-            });
-            match end.and_then(|()| settle(admin)) {
-                Ok(secs) => {
-                    w.settle_s = secs;
-                    let settled = sys::sample_all(&tree);
-                    w.settled_ticks = before
-                        .as_ref()
-                        .map(|b| settled.cpu_ticks.saturating_sub(b.cpu_ticks));
-                }
-                Err(e) => w.error = Some(e),
-            }
-            w
+        let writer = writer_before.map(|(admin, metrics)| {
+            writer_round(admin, metrics, &tree, before.as_ref().map(|b| b.cpu_ticks))
         });
 
         let mut error = None;
