@@ -289,6 +289,106 @@ async fn writer_batches_survive_hostile_names_repeats_and_holds() {
     }
 }
 
+/// A writer behind a database that takes its writes slowly (here: not at all while
+/// another connection holds the usage table) keeps emptying the shards while its write
+/// waits, sends what gathers past half its queue to the spill file as tuples, and loses
+/// nothing: once the database moves again every row is there exactly once. (Before, the
+/// shards filled behind the stuck write and rows were dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_a_slow_database_spills_and_loses_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for store in stores("writer_behind").await {
+        let b = format!("{:?}", store.backend());
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        let mut config = WriterConfig::new(dir.clone());
+        config.queue = 2_000;
+        config.flush_interval = std::time::Duration::from_millis(10);
+        // The stuck write must stay in flight (not time out and take the outage path).
+        config.write_timeout = std::time::Duration::from_secs(60);
+        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+
+        // Another connection takes the usage table's write lock and keeps it.
+        let sql = raw(&store).await;
+        let mut blocker = sql.acquire().await.unwrap();
+        match store.backend() {
+            relay_store::Backend::Sqlite => {
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut *blocker)
+                    .await
+                    .unwrap();
+            }
+            relay_store::Backend::Postgres => {
+                sqlx::raw_sql("BEGIN; LOCK TABLE usage IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *blocker)
+                    .await
+                    .unwrap();
+            }
+        }
+        // The first pass goes out and waits on the lock.
+        writer.enqueue(record("first", "k"), None);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+        // 16,000 rows behind it from 4 threads, 100 at a time, at about the pace a busy
+        // gateway settles them: eight times the writer's queue.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for step in 0..40 {
+                        for i in 0..100 {
+                            writer.enqueue(record(&format!("behind-{t}-{step}-{i}"), "k"), None);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let m = writer.metrics();
+        let spilled = m.spilled.load(Relaxed);
+        assert!(
+            spilled >= 10_000,
+            "{b}: only {spilled} rows spilled behind the stuck write"
+        );
+        assert_eq!(m.dropped.load(Relaxed), 0, "{b}");
+        assert_eq!(m.overflowed.load(Relaxed), 0, "{b}: the shards filled up");
+        assert!(
+            writer.queue_depth() <= 2_000,
+            "{b}: {} rows held in memory",
+            writer.queue_depth()
+        );
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 0, "{b}");
+        let spill_files = std::fs::read_dir(&dir).unwrap().count();
+        assert!(spill_files > 0, "{b}: no spill file");
+
+        // The database moves again: the stuck pass goes in, the spill is replayed.
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        drop(blocker);
+        writer.flush().await;
+        writer.flush().await;
+        let mut ids = store.usage_request_ids().await.unwrap();
+        let stored = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!((stored, ids.len()), (16_001, 16_001), "{b}");
+        assert_eq!(m.dropped.load(Relaxed), 0, "{b}");
+        assert_eq!(m.replayed.load(Relaxed), m.spilled.load(Relaxed), "{b}");
+        assert_eq!(writer.queue_depth(), 0, "{b}");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{b}: spill files left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A usage `COPY` cut off mid-stream (the writer's deadline dropped it) must not leave
 /// its connection to the next statement: with one connection in the pool, the
 /// statements after it still get their own answers, and the next batch goes in.

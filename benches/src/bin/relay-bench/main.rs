@@ -135,9 +135,12 @@ pub(crate) struct Round {
 pub(crate) struct WriterRound {
     /// Rows taken in during the load.
     pub(crate) enqueued: f64,
-    /// Rows that went to the spill file because the shards were full (must be 0 for
+    /// Rows that went to the spill file because the writer fell behind (must be 0 for
     /// a writer that keeps up).
     pub(crate) spilled: f64,
+    /// Rows lost: neither written nor spilled (must be 0; a round with any marks the
+    /// run broken).
+    pub(crate) dropped: f64,
     /// Rows waiting in the shards when the load stopped.
     pub(crate) backlog: f64,
     /// Seconds from the end of the load until every row was written.
@@ -168,6 +171,7 @@ fn writer_round(
         let grew = |k: &str| end.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0);
         w.enqueued = grew("relay_usage_enqueued_total");
         w.spilled = grew("relay_usage_spilled_total");
+        w.dropped = grew("relay_usage_dropped_total");
         w.backlog = end.get("relay_usage_queue_depth").copied().unwrap_or(0.0);
         Ok(())
     });
@@ -357,13 +361,17 @@ impl Bench {
                     procs::signal_all(&paused, "-CONT");
                     let summary = report::round_line(&r);
                     eprintln!("  {summary}");
-                    if let Some(e) = r.writer.as_ref().and_then(|w| w.error.as_ref()) {
-                        self.broken.push(format!(
-                            "{}/{}: {} round {round}: {e}",
-                            case.scenario,
-                            case.name,
-                            target.kind.name()
-                        ));
+                    if let Some(w) = &r.writer {
+                        let lost = (w.dropped > 0.0)
+                            .then(|| format!("{:.0} usage rows dropped", w.dropped));
+                        for e in w.error.iter().chain(lost.as_ref()) {
+                            self.broken.push(format!(
+                                "{}/{}: {} round {round}: {e}",
+                                case.scenario,
+                                case.name,
+                                target.kind.name()
+                            ));
+                        }
                     }
                     self.rounds.push(r);
                 }

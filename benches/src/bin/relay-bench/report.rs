@@ -124,6 +124,9 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
             "rows_spilled": mine.iter().any(|r| r.writer.is_some()).then(|| {
                 mine.iter().filter_map(|r| r.writer.as_ref()).map(|w| w.spilled).sum::<f64>()
             }),
+            "rows_dropped": mine.iter().any(|r| r.writer.is_some()).then(|| {
+                mine.iter().filter_map(|r| r.writer.as_ref()).map(|w| w.dropped).sum::<f64>()
+            }),
             "writer_backlog": med(&|r| r.writer.as_ref().map(|w| w.backlog)),
             "writer_settle_s": med(&|r| r.writer.as_ref().map(|w| w.settle_s)),
             "writer_errors": mine.iter().filter_map(|r| r.writer.as_ref()?.error.clone()).collect::<Vec<_>>(),
@@ -568,9 +571,10 @@ pub(crate) fn round_line(r: &Round) -> String {
     let writer = r.writer.as_ref().map_or(String::new(), |w| match &w.error {
         Some(e) => format!("  writer: {e}"),
         None => format!(
-            "  writer: {:.0} rows, {:.0} spilled, {:.0} left, settled in {:.2} s, cpu/req settled {} µs",
+            "  writer: {:.0} rows, {:.0} spilled, {:.0} dropped, {:.0} left, settled in {:.2} s, cpu/req settled {} µs",
             w.enqueued,
             w.spilled,
+            w.dropped,
             w.backlog,
             w.settle_s,
             f(cpu_settled_per_request(r), 1)
@@ -613,6 +617,7 @@ pub(crate) fn round_json(r: &Round) -> Value {
         "writer": r.writer.as_ref().map(|w| json!({
             "enqueued": w.enqueued,
             "spilled": w.spilled,
+            "dropped": w.dropped,
             "backlog": w.backlog,
             "settle_s": w.settle_s,
             "settled_ticks": w.settled_ticks,
@@ -779,6 +784,7 @@ fn columns(scenario: &str) -> Vec<Column> {
                 cols.extend([
                     settled,
                     ("rows spilled", |v| num(&v["rows_spilled"], 0)),
+                    ("rows dropped", |v| num(&v["rows_dropped"], 0)),
                     ("settle s", |v| num(&v["writer_settle_s"], 2)),
                 ]);
             }

@@ -27,15 +27,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Price, QuotaHold, UsageRow};
 use crate::store::SharedStore;
-use crate::tuple::{self, RowRef, TupleError};
+use crate::tuple::{self, RowRef};
 use shards::{Shards, Taken};
 use spill::Spill;
 
 /// Writer settings.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
-    /// Rows waiting for the writer at most (shared by the shards; a thread whose shard
-    /// is full sends its rows to the overflow spill).
+    /// Rows waiting for the writer at most: shared by the shards (a thread whose shard
+    /// is full sends its rows to the overflow spill), and the most a writer that fell
+    /// behind a slow database keeps in memory (beyond half of it, what gathered behind
+    /// the write in flight goes to the spill file).
     pub queue: usize,
     /// Rows per write of rows with a quota hold, and of a replayed spill file, at most.
     /// (The rows without a hold, nearly all of them, go in one write per pass.)
@@ -85,6 +87,9 @@ pub struct WriterMetrics {
     pub overflowed: AtomicU64,
     /// Failed write attempts.
     pub write_errors: AtomicU64,
+    /// Rows the writer took from the shards and has not yet written or spilled (a pass
+    /// being written, and what gathers behind it).
+    pub in_writer: AtomicU64,
     /// Whether the last write or probe reached the database.
     pub healthy: AtomicBool,
 }
@@ -100,6 +105,8 @@ pub struct UsageWriter {
     overflow: std::sync::mpsc::SyncSender<UsageRow>,
     metrics: Arc<WriterMetrics>,
     prices: PriceTable,
+    /// The second (Unix time) a dropped row was last logged.
+    drop_logged: AtomicU64,
 }
 
 impl std::fmt::Debug for UsageWriter {
@@ -150,6 +157,7 @@ impl UsageWriter {
             overflow: otx,
             metrics,
             prices,
+            drop_logged: AtomicU64::new(0),
         })
     }
 
@@ -174,8 +182,22 @@ impl UsageWriter {
         self.metrics.overflowed.fetch_add(1, Ordering::Relaxed);
         self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
         if self.overflow.try_send(refused).is_err() {
-            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("usage row dropped: its shard and the overflow spill are both full");
+            let dropped = self.metrics.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Logged at most once a second: a line per row would cost the request
+            // threads more than the rows themselves.
+            let now = u64::try_from(crate::now_ms() / 1000).unwrap_or(0);
+            let last = self.drop_logged.load(Ordering::Relaxed);
+            if now > last
+                && self
+                    .drop_logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::error!(
+                    dropped_total = dropped,
+                    "usage rows dropped: the shards and the overflow spill are all full"
+                );
+            }
         }
     }
 
@@ -193,9 +215,10 @@ impl UsageWriter {
         &self.metrics
     }
 
-    /// Rows waiting for the writer.
+    /// Rows waiting to be written: in the shards, and taken by the writer but not yet
+    /// written or spilled.
     pub fn queue_depth(&self) -> usize {
-        self.shards.depth()
+        self.shards.depth() + self.metrics.in_writer.load(Ordering::Relaxed) as usize
     }
 
     /// The price table used for costs.
@@ -239,17 +262,6 @@ impl UsageSink for UsageWriter {
     fn record(&self, record: UsageRecord) {
         self.enqueue(record, None);
     }
-}
-
-/// Owned rows from buffers of tuples (for the spill file).
-fn decode_rows(bufs: &[Vec<u8>]) -> Result<Vec<UsageRow>, TupleError> {
-    let mut rows = Vec::new();
-    for buf in bufs {
-        for row in tuple::rows(buf) {
-            rows.push(row?.to_row(None));
-        }
-    }
-    Ok(rows)
 }
 
 /// A record's cost in micro-USD from the price table (by upstream model, else by the
@@ -381,7 +393,8 @@ impl WriterTask {
         }
         let mut db_up = true;
         let mut next_probe = Instant::now();
-        let mut taken = Taken::default();
+        let mut backlog = Taken::default();
+        let mut behind = false;
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         let mut closed = false;
@@ -391,7 +404,9 @@ impl WriterTask {
             // pass per flush interval, or sooner when a shard is half full); after a
             // pass that found nothing it sleeps until the next row, a flush, or a due
             // probe of the database or the spill file.
-            if idle && self.shards.go_idle() {
+            if behind {
+                // Rows gathered while the last pass wrote: no pause.
+            } else if idle && self.shards.go_idle() {
                 let probe = !db_up || self.spill_waiting.load(Ordering::Acquire);
                 let due = tokio::time::Instant::from_std(next_probe);
                 tokio::select! {
@@ -420,38 +435,42 @@ impl WriterTask {
                     }
                 }
             }
-            self.shards.take(&mut taken, &mut spare);
-            idle = taken.len() == 0;
-            self.metrics
-                .enqueued
-                .fetch_add(taken.len() as u64, Ordering::Relaxed);
-            if taken.rows > 0 {
-                if db_up && self.write_tuples(&taken.bufs, taken.rows).await {
+            // This pass: what waited from the last one (rows taken while it wrote) and
+            // what the shards hold now. While it is written, the shards keep being
+            // emptied into `backlog`, so they never fill behind a slow write.
+            let mut pass = std::mem::take(&mut backlog);
+            self.collect(&mut pass, &mut spare);
+            idle = pass.len() == 0;
+            if pass.rows > 0 {
+                let mut bufs = std::mem::take(&mut pass.bufs);
+                let rows = pass.rows;
+                let write = async { db_up && self.write_tuples(&bufs, rows).await };
+                if self.drive(write, &mut backlog, &mut spare).await {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     db_up = self.went_down(db_up);
-                    match decode_rows(&taken.bufs) {
-                        Ok(rows) => self.to_spill(rows).await,
-                        Err(e) => {
-                            self.metrics
-                                .dropped
-                                .fetch_add(taken.rows as u64, Ordering::Relaxed);
-                            tracing::error!(error = %e, rows = taken.rows, "usage rows dropped: their tuples do not read back");
-                        }
-                    }
+                    bufs = self.spill_tuples(bufs, rows).await;
                 }
+                pass.bufs = bufs;
             }
-            for rows in taken.held.chunks(self.config.batch.max(1)) {
-                if db_up && self.write(rows).await {
+            for rows in pass.held.chunks(self.config.batch.max(1)) {
+                let write = async { db_up && self.write(rows).await };
+                if self.drive(write, &mut backlog, &mut spare).await {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     db_up = self.went_down(db_up);
                     self.to_spill(rows.to_vec()).await;
                 }
             }
-            taken.clear(&mut spare);
+            self.metrics
+                .in_writer
+                .fetch_sub(pass.len() as u64, Ordering::Relaxed);
+            pass.clear(&mut spare);
+            // Behind: the next pass starts now, and a replay waits until it caught up.
+            behind = backlog.len() > 0;
             let waiting = self.spill_waiting.load(Ordering::Acquire);
-            if (!db_up || waiting) && (Instant::now() >= next_probe || !acks.is_empty() || closed) {
+            let due = Instant::now() >= next_probe && !behind;
+            if (!db_up || waiting) && (due || !acks.is_empty() || closed) {
                 if !db_up {
                     db_up = tokio::time::timeout(self.config.write_timeout, self.store.ping())
                         .await
@@ -462,15 +481,99 @@ impl WriterTask {
                 }
                 if db_up {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
-                    db_up = self.replay().await;
+                    db_up = self.replay(&mut backlog, &mut spare).await;
+                    behind = backlog.len() > 0;
                 }
                 next_probe = Instant::now() + self.config.probe_interval;
             }
             for ack in acks.drain(..) {
                 let _ = ack.send(());
             }
-            if closed {
+            // Stopping: what arrived during the last pass is written first.
+            if closed && !behind {
                 break;
+            }
+        }
+    }
+
+    /// Move the shards' rows into `out` (counted as taken in).
+    fn collect(&self, out: &mut Taken, spare: &mut Vec<Vec<u8>>) {
+        let before = out.len();
+        self.shards.take(out, spare);
+        let n = (out.len() - before) as u64;
+        self.metrics.enqueued.fetch_add(n, Ordering::Relaxed);
+        self.metrics.in_writer.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Run a write while the shards keep being emptied into `backlog` each flush
+    /// interval (or sooner when one passes half its capacity), so a slow database never
+    /// leaves them to fill. A backlog past half the queue's size goes to the spill file, as
+    /// tuples, at disk speed: a writer that falls behind the relay costs an append, and
+    /// the rows are replayed once it has caught up.
+    async fn drive<F: std::future::Future>(
+        &self,
+        write: F,
+        backlog: &mut Taken,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> F::Output {
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut write => return out,
+                _ = tokio::time::sleep(self.config.flush_interval) => {}
+                _ = self.shards.woken() => {}
+            }
+            self.collect(backlog, spare);
+            // Half the queue: the pass being written and its backlog together stay
+            // within about the queue's size.
+            if backlog.len() >= (self.config.queue / 2).max(1) {
+                self.spill_backlog(backlog, spare).await;
+            }
+        }
+    }
+
+    /// Send a backlog to the spill file (tuples as they are, held rows as rows).
+    async fn spill_backlog(&self, backlog: &mut Taken, spare: &mut Vec<Vec<u8>>) {
+        if backlog.rows > 0 {
+            tracing::debug!(rows = backlog.rows, "usage writer behind: backlog spilled");
+            let bufs = std::mem::take(&mut backlog.bufs);
+            backlog.bufs = self.spill_tuples(bufs, backlog.rows).await;
+        }
+        if !backlog.held.is_empty() {
+            self.to_spill(std::mem::take(&mut backlog.held)).await;
+        }
+        self.metrics
+            .in_writer
+            .fetch_sub(backlog.len() as u64, Ordering::Relaxed);
+        backlog.clear(spare);
+    }
+
+    /// Append buffers of tuples to the spill file (a failure loses them, counted); the
+    /// buffers come back for reuse.
+    async fn spill_tuples(&self, bufs: Vec<Vec<u8>>, rows: usize) -> Vec<Vec<u8>> {
+        let spill = self.spill.clone();
+        let n = rows as u64;
+        let appended = tokio::task::spawn_blocking(move || {
+            let result = spill.append_tuples(&bufs);
+            (result, bufs)
+        })
+        .await;
+        match appended {
+            Ok((Ok(()), bufs)) => {
+                self.metrics.spilled.fetch_add(n, Ordering::Relaxed);
+                self.spill_waiting.store(true, Ordering::Release);
+                bufs
+            }
+            Ok((Err(e), bufs)) => {
+                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill file failed");
+                bufs
+            }
+            Err(e) => {
+                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill task failed");
+                Vec::new()
             }
         }
     }
@@ -572,8 +675,10 @@ impl WriterTask {
         }
     }
 
-    /// Replay every spill file; false when the database failed again (the rest waits).
-    async fn replay(&self) -> bool {
+    /// Replay the spill files, oldest first, while the shards keep being emptied into
+    /// `backlog`; false when the database failed again (the rest waits). Stops early,
+    /// with the rest kept for later, when rows gathered behind it: new rows go first.
+    async fn replay(&self, backlog: &mut Taken, spare: &mut Vec<Vec<u8>>) -> bool {
         self.spill_waiting.store(false, Ordering::Release);
         let spill = self.spill.clone();
         let files = match tokio::task::spawn_blocking(move || spill.take()).await {
@@ -585,37 +690,111 @@ impl WriterTask {
             }
             Err(_) => return true,
         };
-        for file in files {
-            let path = file.clone();
-            let read = tokio::task::spawn_blocking(move || spill::read(&path)).await;
-            let (rows, bad) = match read {
-                Ok(Ok(x)) => x,
-                _ => {
+        for (i, file) in files.iter().enumerate() {
+            if i > 0 && backlog.len() > 0 {
+                // More files wait; they are picked up after the next pass.
+                self.spill_waiting.store(true, Ordering::Release);
+                return true;
+            }
+            let replayed = if spill::is_tuples(file) {
+                self.replay_tuples(file, backlog, spare).await
+            } else {
+                self.replay_rows(file, backlog, spare).await
+            };
+            match replayed {
+                Ok(n) => {
+                    self.metrics.replayed.fetch_add(n, Ordering::Relaxed);
+                    if let Err(e) = tokio::fs::remove_file(file).await {
+                        tracing::error!(file = %file.display(), error = %e, "cannot remove a replayed spill file");
+                    }
+                }
+                Err(Unreplayed::Unreadable) => {
                     tracing::error!(file = %file.display(), "cannot read a spill file; kept for later");
                     self.spill_waiting.store(true, Ordering::Release);
-                    continue;
                 }
-            };
-            if bad > 0 {
-                tracing::error!(file = %file.display(), lines = bad, "torn lines in a spill file were skipped");
-            }
-            for chunk in rows.chunks(self.config.batch.max(1)) {
-                if !self.write(chunk).await {
+                Err(Unreplayed::DatabaseFailed) => {
                     self.spill_waiting.store(true, Ordering::Release);
                     return false;
                 }
             }
-            self.metrics
-                .replayed
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            if let Err(e) = tokio::fs::remove_file(&file).await {
-                tracing::error!(file = %file.display(), error = %e, "cannot remove a replayed spill file");
-            }
         }
-        tracing::info!("spill file replayed");
+        if !files.is_empty() {
+            tracing::info!(files = files.len(), "spill files replayed");
+        }
         true
     }
+
+    /// Replay a file of tuples, in writes of about [`REPLAY_ROWS`]; its rows.
+    async fn replay_tuples(
+        &self,
+        file: &std::path::Path,
+        backlog: &mut Taken,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<u64, Unreplayed> {
+        let path = file.to_path_buf();
+        let (frames, bad) =
+            match tokio::task::spawn_blocking(move || spill::read_tuples(&path)).await {
+                Ok(Ok(x)) => x,
+                _ => return Err(Unreplayed::Unreadable),
+            };
+        if bad > 0 {
+            tracing::error!(file = %file.display(), frames = bad, "torn frames in a spill file were skipped");
+        }
+        let mut total = 0u64;
+        let mut group: Vec<Vec<u8>> = Vec::new();
+        let mut rows = 0;
+        let mut frames = frames.into_iter().peekable();
+        while let Some((buf, n)) = frames.next() {
+            group.push(buf);
+            rows += n;
+            if rows < REPLAY_ROWS && frames.peek().is_some() {
+                continue;
+            }
+            let write = self.write_tuples(&group, rows);
+            if !self.drive(write, backlog, spare).await {
+                return Err(Unreplayed::DatabaseFailed);
+            }
+            total += rows as u64;
+            group.clear();
+            rows = 0;
+        }
+        Ok(total)
+    }
+
+    /// Replay a file of JSON rows, in batches; its rows.
+    async fn replay_rows(
+        &self,
+        file: &std::path::Path,
+        backlog: &mut Taken,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<u64, Unreplayed> {
+        let path = file.to_path_buf();
+        let (rows, bad) = match tokio::task::spawn_blocking(move || spill::read(&path)).await {
+            Ok(Ok(x)) => x,
+            _ => return Err(Unreplayed::Unreadable),
+        };
+        if bad > 0 {
+            tracing::error!(file = %file.display(), lines = bad, "torn lines in a spill file were skipped");
+        }
+        for chunk in rows.chunks(self.config.batch.max(1)) {
+            if !self.drive(self.write(chunk), backlog, spare).await {
+                return Err(Unreplayed::DatabaseFailed);
+            }
+        }
+        Ok(rows.len() as u64)
+    }
 }
+
+/// Why a spill file was not replayed (it stays for a later replay either way).
+enum Unreplayed {
+    /// The file could not be read.
+    Unreadable,
+    /// A write failed: the database went away again.
+    DatabaseFailed,
+}
+
+/// Rows per write when a file of tuples is replayed, about.
+const REPLAY_ROWS: usize = 8192;
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,32 @@
-//! The spill file: rows the database could not take, appended as JSON lines to a local
-//! file and replayed later. Appends go to `usage-spill.jsonl`; a replay first renames it
-//! to `usage-replay-<n>.jsonl` (under the same lock as appends), so appends during a
-//! replay start a new file and nothing is read half-written. Blocking I/O: call from a
-//! blocking thread.
+//! The spill file: rows the database could not take, kept in local files and replayed
+//! later. Two kinds, side by side:
+//! - rows without a quota hold (nearly all of them) as the writer's own [tuples](crate::tuple),
+//!   appended buffer by buffer to `usage-spill.tuples` in frames (a magic, a length, the
+//!   bytes): no encoding work, so a writer that falls behind the relay spills at disk
+//!   speed; the file is rolled over for replay at [`ROLL_BYTES`], so a replay reads a
+//!   bounded file;
+//! - rows with a hold, and rows the shards refused, as JSON lines in `usage-spill.jsonl`
+//!   (the format of older gateways, still read).
+//!
+//! A replay first renames the active files to `usage-replay-<stamp>-<n>.<kind>` (under
+//! the same lock as appends), so appends during a replay start new files and nothing is
+//! read half-written. Blocking I/O: call from a blocking thread.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
 use crate::model::UsageRow;
+use crate::tuple;
 
 const ACTIVE: &str = "usage-spill.jsonl";
+const ACTIVE_TUPLES: &str = "usage-spill.tuples";
 const REPLAY_PREFIX: &str = "usage-replay-";
+/// Where a frame of tuples starts.
+const FRAME_MAGIC: [u8; 4] = *b"RTU1";
+/// A tuple file this large is rolled over for replay (about 50,000 rows).
+pub(crate) const ROLL_BYTES: u64 = 16 << 20;
 
 /// The spill directory.
 #[derive(Debug)]
@@ -46,26 +60,61 @@ impl Spill {
         f.sync_data()
     }
 
+    /// Append buffers of tuples, a frame each, and sync them to disk. The buffers are
+    /// written as they are (no copy). A file past [`ROLL_BYTES`] is frozen for replay.
+    pub(crate) fn append_tuples(&self, bufs: &[Vec<u8>]) -> std::io::Result<()> {
+        let mut n = self.lock.lock();
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(ACTIVE_TUPLES);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, &f);
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            let len = u32::try_from(buf.len()).map_err(std::io::Error::other)?;
+            out.write_all(&FRAME_MAGIC)?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(buf)?;
+        }
+        out.flush()?;
+        drop(out);
+        f.sync_data()?;
+        if f.metadata()?.len() >= ROLL_BYTES {
+            self.freeze(&mut n, ACTIVE_TUPLES, "tuples")?;
+        }
+        Ok(())
+    }
+
     /// Whether anything waits for replay.
     pub(crate) fn pending(&self) -> bool {
         let _guard = self.lock.lock();
-        !self.files_locked().is_empty() || self.dir.join(ACTIVE).exists()
+        !self.files_locked().is_empty()
+            || self.dir.join(ACTIVE).exists()
+            || self.dir.join(ACTIVE_TUPLES).exists()
     }
 
-    /// Freeze the active file for replay; returns every file waiting, oldest first.
+    /// Freeze the active files for replay; returns every file waiting, oldest first.
     pub(crate) fn take(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut n = self.lock.lock();
-        let active = self.dir.join(ACTIVE);
-        if active.exists() {
-            *n += 1;
-            let stamp = crate::now_ms();
-            std::fs::rename(
-                &active,
-                self.dir
-                    .join(format!("{REPLAY_PREFIX}{stamp:016}-{:06}.jsonl", *n)),
-            )?;
-        }
+        self.freeze(&mut n, ACTIVE, "jsonl")?;
+        self.freeze(&mut n, ACTIVE_TUPLES, "tuples")?;
         Ok(self.files_locked())
+    }
+
+    /// Rename an active file (if there is one) to the next replay name.
+    fn freeze(&self, n: &mut u64, active: &str, kind: &str) -> std::io::Result<()> {
+        let active = self.dir.join(active);
+        if !active.exists() {
+            return Ok(());
+        }
+        *n += 1;
+        let stamp = crate::now_ms();
+        std::fs::rename(
+            &active,
+            self.dir
+                .join(format!("{REPLAY_PREFIX}{stamp:016}-{:06}.{kind}", *n)),
+        )
     }
 
     fn files_locked(&self) -> Vec<PathBuf> {
@@ -86,8 +135,66 @@ impl Spill {
     }
 }
 
-/// Read a spill file: its rows, and the number of lines that did not parse (a line torn
-/// by a crash mid-write).
+/// Whether a replay file holds tuples (else JSON lines).
+pub(crate) fn is_tuples(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "tuples")
+}
+
+/// A frame of tuples read back, and how many rows it holds.
+pub(crate) type Frame = (Vec<u8>, usize);
+
+/// Read a tuple spill file: its frames, and how many frames were unreadable (a frame
+/// torn by a crash mid-write ends the file; a frame whose tuples do not read back is
+/// skipped).
+pub(crate) fn read_tuples(path: &Path) -> std::io::Result<(Vec<Frame>, u64)> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut frames = Vec::new();
+    let mut bad = 0;
+    loop {
+        let mut head = [0u8; 8];
+        match read_full(&mut f, &mut head)? {
+            0 => break,
+            8 if head[..4] == FRAME_MAGIC => {}
+            _ => {
+                bad += 1;
+                break;
+            }
+        }
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let mut buf = vec![0u8; len];
+        if read_full(&mut f, &mut buf)? < len {
+            bad += 1;
+            break;
+        }
+        let mut rows = 0;
+        if tuple::rows(&buf).all(|r| {
+            rows += 1;
+            r.is_ok()
+        }) {
+            frames.push((buf, rows));
+        } else {
+            bad += 1;
+        }
+    }
+    Ok((frames, bad))
+}
+
+/// Read until `buf` is full or the file ends; how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match r.read(&mut buf[at..]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
+/// Read a JSON spill file: its rows, and the number of lines that did not parse (a line
+/// torn by a crash mid-write).
 pub(crate) fn read(path: &Path) -> std::io::Result<(Vec<UsageRow>, u64)> {
     let f = std::fs::File::open(path)?;
     let mut rows = Vec::new();
@@ -103,4 +210,113 @@ pub(crate) fn read(path: &Path) -> std::io::Result<(Vec<UsageRow>, u64)> {
         }
     }
     Ok((rows, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::{DialectId, Operation, UsageRecord};
+
+    use super::*;
+    use crate::tuple::RowRef;
+
+    fn tuples(from: usize, n: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for i in from..from + n {
+            let r = UsageRecord::new(
+                format!("req_{i}"),
+                "m".into(),
+                DialectId::OPENAI_CHAT,
+                Operation::Chat,
+            );
+            assert!(RowRef::of_record(&r, 0).encode(&mut buf));
+        }
+        buf
+    }
+
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("relay-spill-unit-{:08x}", rand::random::<u32>()))
+    }
+
+    #[test]
+    fn tuples_come_back_frame_by_frame_and_a_torn_tail_is_skipped() {
+        let d = dir();
+        let spill = Spill::new(d.clone());
+        spill
+            .append_tuples(&[tuples(0, 3), Vec::new(), tuples(3, 2)])
+            .unwrap();
+        spill.append_tuples(&[tuples(5, 4)]).unwrap();
+        assert!(spill.pending());
+        // A crash mid-append: a frame's head and half its bytes.
+        let torn = tuples(9, 2);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(ACTIVE_TUPLES))
+            .unwrap();
+        f.write_all(&FRAME_MAGIC).unwrap();
+        f.write_all(&(torn.len() as u32).to_le_bytes()).unwrap();
+        f.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        let files = spill.take().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(is_tuples(&files[0]));
+        let (frames, bad) = read_tuples(&files[0]).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!(
+            frames.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            [3, 2, 4]
+        );
+        let ids: Vec<String> = frames
+            .iter()
+            .flat_map(|(b, _)| tuple::rows(b).map(|r| r.unwrap().request_id.to_owned()))
+            .collect();
+        assert_eq!(ids, (0..9).map(|i| format!("req_{i}")).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_frame_that_does_not_read_back_is_skipped_and_the_rest_kept() {
+        let d = dir();
+        let spill = Spill::new(d.clone());
+        let mut garbled = tuples(0, 2);
+        garbled.truncate(garbled.len() - 3);
+        spill
+            .append_tuples(&[tuples(10, 1), garbled, tuples(20, 1)])
+            .unwrap();
+        let files = spill.take().unwrap();
+        let (frames, bad) = read_tuples(&files[0]).unwrap();
+        assert_eq!((frames.len(), bad), (2, 1));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_large_tuple_file_is_frozen_for_replay_and_json_rows_sit_beside_it() {
+        let d = dir();
+        let spill = Spill::new(d.clone());
+        let one = tuples(0, 1000);
+        let per = one.len() as u64;
+        let appends = ROLL_BYTES / per + 1;
+        let bufs: Vec<Vec<u8>> = (0..appends).map(|_| one.clone()).collect();
+        spill.append_tuples(&bufs).unwrap();
+        // Rolled: nothing active, one frozen file waiting.
+        assert!(!d.join(ACTIVE_TUPLES).exists());
+        spill.append_tuples(&[tuples(0, 1)]).unwrap();
+        let row = RowRef::of_record(
+            &UsageRecord::new(
+                "held".into(),
+                "m".into(),
+                DialectId::OPENAI_CHAT,
+                Operation::Chat,
+            ),
+            0,
+        )
+        .to_row(None);
+        spill.append(&[row]).unwrap();
+        let files = spill.take().unwrap();
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(is_tuples(&files[0]) && read_tuples(&files[0]).unwrap().0.len() == bufs.len());
+        assert_eq!(files.iter().filter(|f| !is_tuples(f)).count(), 1);
+        let json = files.iter().find(|f| !is_tuples(f)).unwrap();
+        assert_eq!(read(json).unwrap().0[0].request_id, "held");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
