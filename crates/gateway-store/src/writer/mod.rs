@@ -449,7 +449,8 @@ impl WriterTask {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     db_up = self.went_down(db_up);
-                    bufs = self.spill_tuples(bufs, rows).await;
+                    let spill = self.spill_tuples(bufs, rows);
+                    bufs = self.drive(spill, &mut backlog, &mut spare).await;
                 }
                 pass.bufs = bufs;
             }
@@ -459,7 +460,8 @@ impl WriterTask {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                 } else {
                     db_up = self.went_down(db_up);
-                    self.to_spill(rows.to_vec()).await;
+                    let spill = self.to_spill(rows.to_vec());
+                    self.drive(spill, &mut backlog, &mut spare).await;
                 }
             }
             self.metrics
@@ -472,7 +474,9 @@ impl WriterTask {
             let due = Instant::now() >= next_probe && !behind;
             if (!db_up || waiting) && (due || !acks.is_empty() || closed) {
                 if !db_up {
-                    db_up = tokio::time::timeout(self.config.write_timeout, self.store.ping())
+                    let ping = tokio::time::timeout(self.config.write_timeout, self.store.ping());
+                    db_up = self
+                        .drive(ping, &mut backlog, &mut spare)
                         .await
                         .unwrap_or(false);
                     if db_up {
@@ -505,48 +509,101 @@ impl WriterTask {
         self.metrics.in_writer.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Run a write while the shards keep being emptied into `backlog` each flush
-    /// interval (or sooner when one passes half its capacity), so a slow database never
-    /// leaves them to fill. A backlog past half the queue's size goes to the spill file, as
-    /// tuples, at disk speed: a writer that falls behind the relay costs an append, and
-    /// the rows are replayed once it has caught up.
+    /// Run `work` (a write, a spill, a read of the spill file, a probe) while the shards
+    /// keep being emptied into `backlog` each flush interval (or sooner when one passes
+    /// half its capacity), so a slow database or disk never leaves them to fill. A
+    /// backlog past half the queue goes to the spill file as it is (tuples in frames, at
+    /// disk speed), on a blocking thread while the collecting goes on: a writer that
+    /// falls behind the relay costs an append, and the rows are replayed once it has
+    /// caught up. Returns when `work` and any such spill are done.
     async fn drive<F: std::future::Future>(
         &self,
-        write: F,
+        work: F,
         backlog: &mut Taken,
         spare: &mut Vec<Vec<u8>>,
     ) -> F::Output {
-        tokio::pin!(write);
+        tokio::pin!(work);
+        let mut out = None;
+        let mut spilling: Option<Spilling> = None;
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                out = &mut write => return out,
-                _ = tokio::time::sleep(self.config.flush_interval) => {}
-                _ = self.shards.woken() => {}
+                done = &mut work, if out.is_none() => Driven::Work(done),
+                spilled = spill_done(&mut spilling) => Driven::Spilled(spilled),
+                _ = tokio::time::sleep(self.config.flush_interval) => Driven::Tick,
+                _ = self.shards.woken() => Driven::Tick,
+            };
+            match event {
+                Driven::Work(done) => out = Some(done),
+                Driven::Spilled(done) => {
+                    if let Some(job) = spilling.take() {
+                        self.spilled(job.rows, done, spare);
+                    }
+                }
+                Driven::Tick => {}
             }
             self.collect(backlog, spare);
             // Half the queue: the pass being written and its backlog together stay
             // within about the queue's size.
-            if backlog.len() >= (self.config.queue / 2).max(1) {
-                self.spill_backlog(backlog, spare).await;
+            if spilling.is_none() && backlog.len() >= (self.config.queue / 2).max(1) {
+                spilling = Some(self.start_spill(backlog));
+            }
+            if spilling.is_none()
+                && let Some(done) = out.take()
+            {
+                return done;
             }
         }
     }
 
-    /// Send a backlog to the spill file (tuples as they are, held rows as rows).
-    async fn spill_backlog(&self, backlog: &mut Taken, spare: &mut Vec<Vec<u8>>) {
-        if backlog.rows > 0 {
-            tracing::debug!(rows = backlog.rows, "usage writer behind: backlog spilled");
-            let bufs = std::mem::take(&mut backlog.bufs);
-            backlog.bufs = self.spill_tuples(bufs, backlog.rows).await;
+    /// Send a backlog to the spill file on a blocking thread (tuples as they are, held
+    /// rows as rows).
+    fn start_spill(&self, backlog: &mut Taken) -> Spilling {
+        let job = std::mem::take(backlog);
+        let rows = job.len() as u64;
+        tracing::debug!(rows, "usage writer behind: backlog spilled");
+        let spill = self.spill.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let tuples = if job.rows > 0 {
+                spill.append_tuples(&job.bufs)
+            } else {
+                Ok(())
+            };
+            let held = if job.held.is_empty() {
+                Ok(())
+            } else {
+                spill.append(&job.held)
+            };
+            (job, tuples, held)
+        });
+        Spilling { rows, handle }
+    }
+
+    /// Account for a finished spill of `rows` rows and keep its buffers.
+    fn spilled(&self, rows: u64, done: SpillDone, spare: &mut Vec<Vec<u8>>) {
+        self.metrics.in_writer.fetch_sub(rows, Ordering::Relaxed);
+        let (mut job, tuples, held) = match done {
+            Ok(x) => x,
+            Err(e) => {
+                self.metrics.dropped.fetch_add(rows, Ordering::Relaxed);
+                tracing::error!(error = %e, rows, "usage rows dropped: the spill task failed");
+                return;
+            }
+        };
+        for (n, result) in [(job.rows as u64, tuples), (job.held.len() as u64, held)] {
+            match result {
+                Ok(()) if n > 0 => {
+                    self.metrics.spilled.fetch_add(n, Ordering::Relaxed);
+                    self.spill_waiting.store(true, Ordering::Release);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows = n, "usage rows dropped: the spill file failed");
+                }
+            }
         }
-        if !backlog.held.is_empty() {
-            self.to_spill(std::mem::take(&mut backlog.held)).await;
-        }
-        self.metrics
-            .in_writer
-            .fetch_sub(backlog.len() as u64, Ordering::Relaxed);
-        backlog.clear(spare);
+        job.clear(spare);
     }
 
     /// Append buffers of tuples to the spill file (a failure loses them, counted); the
@@ -681,7 +738,8 @@ impl WriterTask {
     async fn replay(&self, backlog: &mut Taken, spare: &mut Vec<Vec<u8>>) -> bool {
         self.spill_waiting.store(false, Ordering::Release);
         let spill = self.spill.clone();
-        let files = match tokio::task::spawn_blocking(move || spill.take()).await {
+        let take = tokio::task::spawn_blocking(move || spill.take());
+        let files = match self.drive(take, backlog, spare).await {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot open the spill file for replay");
@@ -704,7 +762,10 @@ impl WriterTask {
             match replayed {
                 Ok(n) => {
                     self.metrics.replayed.fetch_add(n, Ordering::Relaxed);
-                    if let Err(e) = tokio::fs::remove_file(file).await {
+                    if let Err(e) = self
+                        .drive(tokio::fs::remove_file(file), backlog, spare)
+                        .await
+                    {
                         tracing::error!(file = %file.display(), error = %e, "cannot remove a replayed spill file");
                     }
                 }
@@ -732,11 +793,11 @@ impl WriterTask {
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<u64, Unreplayed> {
         let path = file.to_path_buf();
-        let (frames, bad) =
-            match tokio::task::spawn_blocking(move || spill::read_tuples(&path)).await {
-                Ok(Ok(x)) => x,
-                _ => return Err(Unreplayed::Unreadable),
-            };
+        let read = tokio::task::spawn_blocking(move || spill::read_tuples(&path));
+        let (frames, bad) = match self.drive(read, backlog, spare).await {
+            Ok(Ok(x)) => x,
+            _ => return Err(Unreplayed::Unreadable),
+        };
         if bad > 0 {
             tracing::error!(file = %file.display(), frames = bad, "torn frames in a spill file were skipped");
         }
@@ -769,7 +830,8 @@ impl WriterTask {
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<u64, Unreplayed> {
         let path = file.to_path_buf();
-        let (rows, bad) = match tokio::task::spawn_blocking(move || spill::read(&path)).await {
+        let read = tokio::task::spawn_blocking(move || spill::read(&path));
+        let (rows, bad) = match self.drive(read, backlog, spare).await {
             Ok(Ok(x)) => x,
             _ => return Err(Unreplayed::Unreadable),
         };
@@ -791,6 +853,31 @@ enum Unreplayed {
     Unreadable,
     /// A write failed: the database went away again.
     DatabaseFailed,
+}
+
+/// What a blocking spill of a backlog gives back: the backlog (for its buffers), and how
+/// the tuples' and the held rows' appends went.
+type SpillDone = Result<(Taken, std::io::Result<()>, std::io::Result<()>), tokio::task::JoinError>;
+
+/// A backlog on its way to the spill file.
+struct Spilling {
+    rows: u64,
+    handle: tokio::task::JoinHandle<(Taken, std::io::Result<()>, std::io::Result<()>)>,
+}
+
+/// Wait for the spill in flight, if any (else never).
+async fn spill_done(spilling: &mut Option<Spilling>) -> SpillDone {
+    match spilling {
+        Some(s) => (&mut s.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What woke [`WriterTask::drive`].
+enum Driven<T> {
+    Work(T),
+    Spilled(SpillDone),
+    Tick,
 }
 
 /// Rows per write when a file of tuples is replayed, about.
