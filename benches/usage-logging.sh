@@ -7,6 +7,11 @@
 # rounds; then the usage rows each "on" run wrote are counted against the answers.
 #
 #   benches/usage-logging.sh [ROUNDS] [SECONDS]      (default 3 rounds of 10 s per load)
+#   PIN=1 benches/usage-logging.sh ...               the gateway on CPU 0, the mock and the load
+#                                                    generator on CPU 1, as relay-bench pins them:
+#                                                    at c=32 the writer falls behind and rows go
+#                                                    through the spill file, so the count checks
+#                                                    that path too
 # Prints a Markdown table (medians over rounds) and writes benches/results/usage-logging-STAMP.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +28,13 @@ pg_url=${DATABASE_URL:-}
 # exported it would make the sqlite variant (and its row count) Postgres's too.
 unset DATABASE_URL
 
+gw_cpu=()
+load_cpu=()
+if [ "${PIN:-0}" = 1 ]; then
+    gw_cpu=(taskset -c 0)
+    load_cpu=(taskset -c 1)
+fi
+
 work=$(mktemp -d /tmp/relay-usage-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -33,7 +45,7 @@ trap 'cleanup; if declare -F pg_throwaway_stop >/dev/null; then pg_throwaway_sto
 
 mock_port=19400
 gw_port=19401
-"$bin/relay-mock" --listen "127.0.0.1:$mock_port" --prerendered > "$work/mock.log" 2>&1 &
+"${load_cpu[@]}" "$bin/relay-mock" --listen "127.0.0.1:$mock_port" --prerendered > "$work/mock.log" 2>&1 &
 pids+=($!)
 cat > "$work/gateway.toml" <<CONF
 [server]
@@ -80,11 +92,11 @@ for round in $(seq 1 "$rounds"); do
                 sqlite) args=() ;;
                 postgres) args=(--database-url "$pg_url") ;;
             esac
-            "$bin/relay-gateway" serve --config "$work/gateway.toml" --log-level warn "${args[@]}" > "$work/gw.log" 2>&1 &
+            "${gw_cpu[@]}" "$bin/relay-gateway" serve --config "$work/gateway.toml" --log-level warn "${args[@]}" > "$work/gw.log" 2>&1 &
             gw=$!
             pids+=($gw)
             wait_up
-            "$bin/relay-load" -u "http://127.0.0.1:$gw_port/v1/chat/completions" -H 'authorization: Bearer rk-bench' \
+            "${load_cpu[@]}" "$bin/relay-load" -u "http://127.0.0.1:$gw_port/v1/chat/completions" -H 'authorization: Bearer rk-bench' \
                 -c "$c" -d "$secs" --warmup 2 --label "$v c=$c round $round" --json "$work/out.json" -q
             kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
             after=$(rows "$v")

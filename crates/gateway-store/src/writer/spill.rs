@@ -147,7 +147,9 @@ pub(crate) type Frame = (Vec<u8>, usize);
 /// torn by a crash mid-write ends the file; a frame whose tuples do not read back is
 /// skipped).
 pub(crate) fn read_tuples(path: &Path) -> std::io::Result<(Vec<Frame>, u64)> {
-    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let file = std::fs::File::open(path)?;
+    let mut left = file.metadata()?.len();
+    let mut f = std::io::BufReader::new(file);
     let mut frames = Vec::new();
     let mut bad = 0;
     loop {
@@ -160,7 +162,15 @@ pub(crate) fn read_tuples(path: &Path) -> std::io::Result<(Vec<Frame>, u64)> {
                 break;
             }
         }
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        left = left.saturating_sub(8);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if u64::from(len) > left {
+            // Torn, or a damaged length: never allocate past what the file holds.
+            bad += 1;
+            break;
+        }
+        left -= u64::from(len);
+        let len = len as usize;
         let mut buf = vec![0u8; len];
         if read_full(&mut f, &mut buf)? < len {
             bad += 1;
@@ -270,6 +280,25 @@ mod tests {
             .flat_map(|(b, _)| tuple::rows(b).map(|r| r.unwrap().request_id.to_owned()))
             .collect();
         assert_eq!(ids, (0..9).map(|i| format!("req_{i}")).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_damaged_frame_length_ends_the_read_without_a_huge_allocation() {
+        let d = dir();
+        let spill = Spill::new(d.clone());
+        spill.append_tuples(&[tuples(0, 2)]).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(ACTIVE_TUPLES))
+            .unwrap();
+        f.write_all(&FRAME_MAGIC).unwrap();
+        f.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        f.write_all(&tuples(2, 1)).unwrap();
+        drop(f);
+        let files = spill.take().unwrap();
+        let (frames, bad) = read_tuples(&files[0]).unwrap();
+        assert_eq!((frames.len(), frames[0].1, bad), (1, 2, 1));
         let _ = std::fs::remove_dir_all(&d);
     }
 
