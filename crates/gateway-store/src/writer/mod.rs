@@ -790,6 +790,27 @@ impl WriterTask {
         true
     }
 
+    /// Read a spill file with `read` on a blocking thread, collecting meanwhile; what it
+    /// holds (the torn or damaged parts it skipped are logged).
+    async fn read_spill<T: Send + 'static>(
+        &self,
+        file: &std::path::Path,
+        read: fn(&std::path::Path) -> std::io::Result<(T, u64)>,
+        backlog: &mut Taken,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<T, Unreplayed> {
+        let path = file.to_path_buf();
+        let task = tokio::task::spawn_blocking(move || read(&path));
+        let (held, bad) = match self.drive(task, backlog, spare).await {
+            Ok(Ok(x)) => x,
+            _ => return Err(Unreplayed::Unreadable),
+        };
+        if bad > 0 {
+            tracing::error!(file = %file.display(), parts = bad, "torn or damaged parts of a spill file were skipped");
+        }
+        Ok(held)
+    }
+
     /// Replay a file of tuples, in writes of about [`REPLAY_ROWS`]; its rows.
     async fn replay_tuples(
         &self,
@@ -797,15 +818,9 @@ impl WriterTask {
         backlog: &mut Taken,
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<u64, Unreplayed> {
-        let path = file.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || spill::read_tuples(&path));
-        let (frames, bad) = match self.drive(read, backlog, spare).await {
-            Ok(Ok(x)) => x,
-            _ => return Err(Unreplayed::Unreadable),
-        };
-        if bad > 0 {
-            tracing::error!(file = %file.display(), frames = bad, "torn frames in a spill file were skipped");
-        }
+        let frames = self
+            .read_spill(file, spill::read_tuples, backlog, spare)
+            .await?;
         let mut total = 0u64;
         let mut group: Vec<Vec<u8>> = Vec::new();
         let mut rows = 0;
@@ -834,15 +849,7 @@ impl WriterTask {
         backlog: &mut Taken,
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<u64, Unreplayed> {
-        let path = file.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || spill::read(&path));
-        let (rows, bad) = match self.drive(read, backlog, spare).await {
-            Ok(Ok(x)) => x,
-            _ => return Err(Unreplayed::Unreadable),
-        };
-        if bad > 0 {
-            tracing::error!(file = %file.display(), lines = bad, "torn lines in a spill file were skipped");
-        }
+        let rows = self.read_spill(file, spill::read, backlog, spare).await?;
         for chunk in rows.chunks(self.config.batch.max(1)) {
             if !self.drive(self.write(chunk), backlog, spare).await {
                 return Err(Unreplayed::DatabaseFailed);
