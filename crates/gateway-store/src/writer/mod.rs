@@ -385,7 +385,7 @@ struct WriterTask {
 impl WriterTask {
     async fn run(mut self) {
         let spill = self.spill.clone();
-        if tokio::task::spawn_blocking(move || spill.pending())
+        if tokio::task::spawn_blocking(move || spill.recover())
             .await
             .unwrap_or(false)
         {
@@ -393,6 +393,7 @@ impl WriterTask {
         }
         let mut db_up = true;
         let mut next_probe = Instant::now();
+        let mut next_forced_replay = Instant::now() + REPLAY_BEHIND_EVERY;
         let mut backlog = Taken::default();
         let mut behind = false;
         let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -473,7 +474,11 @@ impl WriterTask {
             // (a probe of a database that is away does not wait).
             behind = backlog.len() > 0;
             let waiting = self.spill_waiting.load(Ordering::Acquire);
-            let due = Instant::now() >= next_probe && (!behind || !db_up);
+            // A writer that stays behind still replays now and then (rows gathered
+            // meanwhile go on to the next pass, or to the spill past half the queue),
+            // so a spill is not left waiting for as long as the load lasts.
+            let now = Instant::now();
+            let due = now >= next_probe && (!behind || !db_up || now >= next_forced_replay);
             if (!db_up || waiting) && (due || !acks.is_empty() || closed) {
                 if !db_up {
                     let ping = tokio::time::timeout(self.config.write_timeout, self.store.ping());
@@ -484,11 +489,13 @@ impl WriterTask {
                     if db_up {
                         tracing::info!("the database is back: replaying the spill file");
                     }
+                    behind = backlog.len() > 0;
                 }
                 if db_up {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                     db_up = self.replay(&mut backlog, &mut spare).await;
                     behind = backlog.len() > 0;
+                    next_forced_replay = Instant::now() + REPLAY_BEHIND_EVERY;
                 }
                 next_probe = Instant::now() + self.config.probe_interval;
             }
@@ -550,7 +557,12 @@ impl WriterTask {
             }
             // Half the queue: the pass being written and its backlog together stay
             // within about the queue's size.
-            if spilling.is_none() && backlog.len() >= (self.config.queue / 2).max(1) {
+            // Only while the work is pending: once it is done, the backlog is the next
+            // pass (spilling it then could go on as long as rows arrive).
+            if out.is_none()
+                && spilling.is_none()
+                && backlog.len() >= (self.config.queue / 2).max(1)
+            {
                 spilling = Some(self.start_spill(backlog));
             }
             if spilling.is_none()
@@ -751,7 +763,10 @@ impl WriterTask {
                 self.spill_waiting.store(true, Ordering::Release);
                 return true;
             }
-            Err(_) => return true,
+            Err(_) => {
+                self.spill_waiting.store(true, Ordering::Release);
+                return true;
+            }
         };
         for (i, file) in files.iter().enumerate() {
             if i > 0 && backlog.len() > 0 {
@@ -771,7 +786,9 @@ impl WriterTask {
                         .drive(tokio::fs::remove_file(file), backlog, spare)
                         .await
                     {
+                        // Replayed again later (idempotent; `replayed` counts it twice).
                         tracing::error!(file = %file.display(), error = %e, "cannot remove a replayed spill file");
+                        self.spill_waiting.store(true, Ordering::Release);
                     }
                 }
                 Err(Unreplayed::Unreadable) => {
@@ -891,6 +908,9 @@ enum Driven<T> {
     Spilled(SpillDone),
     Tick,
 }
+
+/// How often a writer that stays behind replays the spill anyway.
+const REPLAY_BEHIND_EVERY: Duration = Duration::from_secs(10);
 
 /// Rows per write when a file of tuples is replayed, about.
 const REPLAY_ROWS: usize = 8192;

@@ -55,11 +55,11 @@ impl Taken {
     }
 
     /// Empty the buffers for reuse, keeping their capacity; a buffer that grew past
-    /// [`SPARE_KEEP`] (a backlog while the database was slow) is freed instead, so a
-    /// burst does not stay resident.
+    /// [`SPARE_KEEP`] (a backlog while the database was slow), or past
+    /// [`SPARE_COUNT`] spares, is freed instead, so a burst does not stay resident.
     pub(super) fn clear(&mut self, spare: &mut Vec<Vec<u8>>) {
         for mut b in self.bufs.drain(..) {
-            if b.capacity() <= SPARE_KEEP {
+            if b.capacity() <= SPARE_KEEP && spare.len() < SPARE_COUNT {
                 b.clear();
                 spare.push(b);
             }
@@ -105,6 +105,9 @@ fn thread_index() -> usize {
 /// Capacity a reused buffer may keep: about 3,000 rows, more than a shard gathers in
 /// one flush interval at 50k requests a second.
 const SPARE_KEEP: usize = 1 << 20;
+
+/// Spare buffers kept at most (a long stall collects one per shard per tick).
+const SPARE_COUNT: usize = 16;
 
 /// Bytes a tuple takes on average (for sizing a byte cap from a row count).
 pub(super) const TUPLE_BYTES: usize = 320;

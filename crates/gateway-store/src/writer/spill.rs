@@ -43,7 +43,8 @@ impl Spill {
         }
     }
 
-    /// Append rows and sync them to disk.
+    /// Append rows and sync them to disk. All or nothing: a failed append is cut back
+    /// off the file.
     pub(crate) fn append(&self, rows: &[UsageRow]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(rows.len() * 400);
         for r in rows {
@@ -51,44 +52,71 @@ impl Spill {
             buf.push(b'\n');
         }
         let _guard = self.lock.lock();
-        std::fs::create_dir_all(&self.dir)?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(ACTIVE))?;
-        f.write_all(&buf)?;
-        f.sync_data()
+        self.append_locked(ACTIVE, |out| out.write_all(&buf))
+            .map(|_| ())
     }
 
     /// Append buffers of tuples, a frame each, and sync them to disk. The buffers are
-    /// written as they are (no copy). A file past [`ROLL_BYTES`] is frozen for replay.
+    /// written as they are (no copy). All or nothing, as [`Spill::append`]. A file past
+    /// [`ROLL_BYTES`] is frozen for replay.
     pub(crate) fn append_tuples(&self, bufs: &[Vec<u8>]) -> std::io::Result<()> {
         let mut n = self.lock.lock();
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(ACTIVE_TUPLES);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        let mut out = std::io::BufWriter::with_capacity(64 << 10, &f);
-        for buf in bufs.iter().filter(|b| !b.is_empty()) {
-            let len = u32::try_from(buf.len()).map_err(std::io::Error::other)?;
-            out.write_all(&FRAME_MAGIC)?;
-            out.write_all(&len.to_le_bytes())?;
-            out.write_all(buf)?;
-        }
-        out.flush()?;
-        drop(out);
-        f.sync_data()?;
-        if f.metadata()?.len() >= ROLL_BYTES {
-            self.freeze(&mut n, ACTIVE_TUPLES, "tuples")?;
+        let len = self.append_locked(ACTIVE_TUPLES, |out| {
+            for buf in bufs.iter().filter(|b| !b.is_empty()) {
+                let len = u32::try_from(buf.len()).map_err(std::io::Error::other)?;
+                out.write_all(&FRAME_MAGIC)?;
+                out.write_all(&len.to_le_bytes())?;
+                out.write_all(buf)?;
+            }
+            Ok(())
+        })?;
+        if len >= ROLL_BYTES
+            && let Err(e) = self.freeze(&mut n, ACTIVE_TUPLES, "tuples")
+        {
+            // The rows are on disk: the file is frozen by the next replay instead.
+            tracing::warn!(error = %e, "cannot roll the usage spill file over");
         }
         Ok(())
     }
 
-    /// Whether anything waits for replay.
-    pub(crate) fn pending(&self) -> bool {
-        let _guard = self.lock.lock();
+    /// Append to an active file under the lock, then sync it; the file's length after.
+    /// On any failure the file is cut back to its length before, so a torn record never
+    /// sits in front of later ones.
+    fn append_locked(
+        &self,
+        active: &str,
+        write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        std::fs::create_dir_all(&self.dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(active))?;
+        let before = f.metadata()?.len();
+        let written = (|| {
+            let mut out = std::io::BufWriter::with_capacity(64 << 10, &f);
+            write(&mut out)?;
+            out.flush()?;
+            drop(out);
+            f.sync_data()?;
+            f.metadata().map(|m| m.len())
+        })();
+        if written.is_err() {
+            let _ = f.set_len(before);
+        }
+        written
+    }
+
+    /// At start: freeze the active files a previous run left (a crash may have torn
+    /// their last record, which must stay the last), so new appends start new files;
+    /// whether anything waits for replay.
+    pub(crate) fn recover(&self) -> bool {
+        let mut n = self.lock.lock();
+        for (active, kind) in [(ACTIVE, "jsonl"), (ACTIVE_TUPLES, "tuples")] {
+            if let Err(e) = self.freeze(&mut n, active, kind) {
+                tracing::error!(error = %e, file = active, "cannot freeze a spill file left by an earlier run");
+            }
+        }
         !self.files_locked().is_empty()
             || self.dir.join(ACTIVE).exists()
             || self.dir.join(ACTIVE_TUPLES).exists()
@@ -255,7 +283,7 @@ mod tests {
             .append_tuples(&[tuples(0, 3), Vec::new(), tuples(3, 2)])
             .unwrap();
         spill.append_tuples(&[tuples(5, 4)]).unwrap();
-        assert!(spill.pending());
+        assert!(d.join(ACTIVE_TUPLES).exists());
         // A crash mid-append: a frame's head and half its bytes.
         let torn = tuples(9, 2);
         let mut f = std::fs::OpenOptions::new()
@@ -280,6 +308,37 @@ mod tests {
             .flat_map(|(b, _)| tuple::rows(b).map(|r| r.unwrap().request_id.to_owned()))
             .collect();
         assert_eq!(ids, (0..9).map(|i| format!("req_{i}")).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_torn_by_a_crash_is_frozen_at_start_so_later_rows_are_not_behind_the_tear() {
+        let d = dir();
+        let before = Spill::new(d.clone());
+        before.append_tuples(&[tuples(0, 2)]).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(ACTIVE_TUPLES))
+            .unwrap();
+        f.write_all(&FRAME_MAGIC).unwrap();
+        f.write_all(&1000u32.to_le_bytes()).unwrap();
+        f.write_all(b"torn").unwrap();
+        drop(f);
+        // The next run: the torn file is frozen before anything is appended.
+        let after = Spill::new(d.clone());
+        assert!(after.recover());
+        assert!(!d.join(ACTIVE_TUPLES).exists());
+        after.append_tuples(&[tuples(2, 3)]).unwrap();
+        let files = after.take().unwrap();
+        assert_eq!(files.len(), 2);
+        let read: Vec<(usize, u64)> = files
+            .iter()
+            .map(|f| {
+                let (frames, bad) = read_tuples(f).unwrap();
+                (frames.iter().map(|(_, n)| n).sum(), bad)
+            })
+            .collect();
+        assert_eq!(read, [(2, 1), (3, 0)]);
         let _ = std::fs::remove_dir_all(&d);
     }
 
