@@ -275,6 +275,18 @@ mod tests {
         std::env::temp_dir().join(format!("relay-spill-unit-{:08x}", rand::random::<u32>()))
     }
 
+    /// Append a frame by hand to the active tuple file: a head claiming `len` bytes, then
+    /// `bytes` (fewer, for a torn frame).
+    fn append_frame(d: &Path, len: u32, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(ACTIVE_TUPLES))
+            .unwrap();
+        f.write_all(&FRAME_MAGIC).unwrap();
+        f.write_all(&len.to_le_bytes()).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     #[test]
     fn tuples_come_back_frame_by_frame_and_a_torn_tail_is_skipped() {
         let d = dir();
@@ -286,14 +298,7 @@ mod tests {
         assert!(d.join(ACTIVE_TUPLES).exists());
         // A crash mid-append: a frame's head and half its bytes.
         let torn = tuples(9, 2);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(d.join(ACTIVE_TUPLES))
-            .unwrap();
-        f.write_all(&FRAME_MAGIC).unwrap();
-        f.write_all(&(torn.len() as u32).to_le_bytes()).unwrap();
-        f.write_all(&torn[..torn.len() / 2]).unwrap();
-        drop(f);
+        append_frame(&d, torn.len() as u32, &torn[..torn.len() / 2]);
         let files = spill.take().unwrap();
         assert_eq!(files.len(), 1);
         assert!(is_tuples(&files[0]));
@@ -316,14 +321,7 @@ mod tests {
         let d = dir();
         let before = Spill::new(d.clone());
         before.append_tuples(&[tuples(0, 2)]).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(d.join(ACTIVE_TUPLES))
-            .unwrap();
-        f.write_all(&FRAME_MAGIC).unwrap();
-        f.write_all(&1000u32.to_le_bytes()).unwrap();
-        f.write_all(b"torn").unwrap();
-        drop(f);
+        append_frame(&d, 1000, b"torn");
         // The next run: the torn file is frozen before anything is appended.
         let after = Spill::new(d.clone());
         assert!(after.recover());
@@ -347,14 +345,7 @@ mod tests {
         let d = dir();
         let spill = Spill::new(d.clone());
         spill.append_tuples(&[tuples(0, 2)]).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(d.join(ACTIVE_TUPLES))
-            .unwrap();
-        f.write_all(&FRAME_MAGIC).unwrap();
-        f.write_all(&u32::MAX.to_le_bytes()).unwrap();
-        f.write_all(&tuples(2, 1)).unwrap();
-        drop(f);
+        append_frame(&d, u32::MAX, &tuples(2, 1));
         let files = spill.take().unwrap();
         let (frames, bad) = read_tuples(&files[0]).unwrap();
         assert_eq!((frames.len(), frames[0].1, bad), (1, 2, 1));
