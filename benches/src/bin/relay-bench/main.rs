@@ -141,7 +141,7 @@ pub(crate) struct WriterRound {
     /// Rows lost: neither written nor spilled (must be 0; a round with any marks the
     /// run broken).
     pub(crate) dropped: f64,
-    /// Rows waiting in the shards when the load stopped.
+    /// Rows not yet written when the load stopped (in the shards or held by the writer).
     pub(crate) backlog: f64,
     /// Seconds from the end of the load until every row was written.
     pub(crate) settle_s: f64,

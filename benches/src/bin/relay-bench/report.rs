@@ -39,19 +39,27 @@ fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
     Some(v[rank - 1])
 }
 
-/// CPU µs the target spent per successful answer in a round.
-fn cpu_per_request(r: &Round) -> Option<f64> {
-    let ticks = r.target_ticks?;
+/// A writer figure summed over the rounds (`None` for a target without a writer).
+fn writer_total(rounds: &[&Round], figure: fn(&crate::WriterRound) -> f64) -> Option<f64> {
+    let writers: Vec<_> = rounds.iter().filter_map(|r| r.writer.as_ref()).collect();
+    (!writers.is_empty()).then(|| writers.into_iter().map(figure).sum())
+}
+
+/// CPU µs per successful answer of a round, from `ticks` of CPU.
+fn per_answer(r: &Round, ticks: u64) -> Option<f64> {
     let done = r.result["completed_all"].as_u64().filter(|&n| n > 0)?;
     Some(ticks as f64 * (1_000_000.0 / TICKS_PER_SECOND as f64) / done as f64)
+}
+
+/// CPU µs the target spent per successful answer in a round.
+fn cpu_per_request(r: &Round) -> Option<f64> {
+    per_answer(r, r.target_ticks?)
 }
 
 /// CPU µs the target spent per successful answer over a round and the settling of its
 /// usage writer afterwards (store targets only).
 fn cpu_settled_per_request(r: &Round) -> Option<f64> {
-    let ticks = r.writer.as_ref()?.settled_ticks?;
-    let done = r.result["completed_all"].as_u64().filter(|&n| n > 0)?;
-    Some(ticks as f64 * (1_000_000.0 / TICKS_PER_SECOND as f64) / done as f64)
+    per_answer(r, r.writer.as_ref()?.settled_ticks?)
 }
 
 /// The metrics compared against direct, round by round.
@@ -121,12 +129,8 @@ pub(crate) fn aggregate(rounds: &[Round]) -> Vec<Value> {
             "frames_short": sum("frames_short"),
             "cpu_us_per_req": med(&cpu_per_request),
             "cpu_settled_us_per_req": med(&cpu_settled_per_request),
-            "rows_spilled": mine.iter().any(|r| r.writer.is_some()).then(|| {
-                mine.iter().filter_map(|r| r.writer.as_ref()).map(|w| w.spilled).sum::<f64>()
-            }),
-            "rows_dropped": mine.iter().any(|r| r.writer.is_some()).then(|| {
-                mine.iter().filter_map(|r| r.writer.as_ref()).map(|w| w.dropped).sum::<f64>()
-            }),
+            "rows_spilled": writer_total(&mine, |w| w.spilled),
+            "rows_dropped": writer_total(&mine, |w| w.dropped),
             "writer_backlog": med(&|r| r.writer.as_ref().map(|w| w.backlog)),
             "writer_settle_s": med(&|r| r.writer.as_ref().map(|w| w.settle_s)),
             "writer_errors": mine.iter().filter_map(|r| r.writer.as_ref()?.error.clone()).collect::<Vec<_>>(),

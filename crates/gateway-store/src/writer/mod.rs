@@ -355,19 +355,22 @@ fn overflow_thread(
                 Err(_) => break,
             }
         }
-        match spill.append(&rows) {
-            Ok(()) => {
-                metrics
-                    .spilled
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                waiting.store(true, Ordering::Release);
-            }
-            Err(e) => {
-                metrics
-                    .dropped
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = rows.len(), "usage rows dropped: the spill file failed");
-            }
+        count_spill(&metrics, &waiting, rows.len() as u64, spill.append(&rows));
+    }
+}
+
+/// Count `n` rows as spilled (and the spill file as waiting for replay), or as dropped
+/// when their append, or the task making it, failed.
+fn count_spill(metrics: &WriterMetrics, waiting: &AtomicBool, n: u64, result: std::io::Result<()>) {
+    match result {
+        Ok(()) if n > 0 => {
+            metrics.spilled.fetch_add(n, Ordering::Relaxed);
+            waiting.store(true, Ordering::Release);
+        }
+        Ok(()) => {}
+        Err(e) => {
+            metrics.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, rows = n, "usage rows dropped: the spill failed");
         }
     }
 }
@@ -395,7 +398,6 @@ impl WriterTask {
         let mut next_probe = Instant::now();
         let mut next_forced_replay = Instant::now() + REPLAY_BEHIND_EVERY;
         let mut backlog = Taken::default();
-        let mut behind = false;
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         let mut closed = false;
@@ -405,7 +407,8 @@ impl WriterTask {
             // pass per flush interval, or sooner when a shard is half full); after a
             // pass that found nothing it sleeps until the next row, a flush, or a due
             // probe of the database or the spill file.
-            if behind && db_up {
+            // Behind: rows gathered while the last pass wrote.
+            if backlog.len() > 0 && db_up {
                 // Rows gathered while the last pass wrote: no pause. (With the
                 // database away, passes keep their interval: each one is a spill.)
             } else if idle && self.shards.go_idle() {
@@ -472,7 +475,7 @@ impl WriterTask {
             pass.clear(&mut spare);
             // Behind: the next pass starts now, and a replay waits until it caught up
             // (a probe of a database that is away does not wait).
-            behind = backlog.len() > 0;
+            let behind = backlog.len() > 0;
             let waiting = self.spill_waiting.load(Ordering::Acquire);
             // A writer that stays behind still replays now and then (rows gathered
             // meanwhile go on to the next pass, or to the spill past half the queue),
@@ -489,12 +492,10 @@ impl WriterTask {
                     if db_up {
                         tracing::info!("the database is back: replaying the spill file");
                     }
-                    behind = backlog.len() > 0;
                 }
                 if db_up {
                     self.metrics.healthy.store(true, Ordering::Relaxed);
                     db_up = self.replay(&mut backlog, &mut spare).await;
-                    behind = backlog.len() > 0;
                     next_forced_replay = Instant::now() + REPLAY_BEHIND_EVERY;
                 }
                 next_probe = Instant::now() + self.config.probe_interval;
@@ -503,7 +504,7 @@ impl WriterTask {
                 let _ = ack.send(());
             }
             // Stopping: what arrived during the last pass is written first.
-            if closed && !behind {
+            if closed && backlog.len() == 0 {
                 break;
             }
         }
@@ -596,60 +597,34 @@ impl WriterTask {
         Spilling { rows, handle }
     }
 
+    /// Count `n` rows as spilled or dropped (see [`count_spill`]).
+    fn count_spill(&self, n: u64, result: std::io::Result<()>) {
+        count_spill(&self.metrics, &self.spill_waiting, n, result);
+    }
+
     /// Account for a finished spill of `rows` rows and keep its buffers.
     fn spilled(&self, rows: u64, done: SpillDone, spare: &mut Vec<Vec<u8>>) {
         self.metrics.in_writer.fetch_sub(rows, Ordering::Relaxed);
-        let (mut job, tuples, held) = match done {
-            Ok(x) => x,
-            Err(e) => {
-                self.metrics.dropped.fetch_add(rows, Ordering::Relaxed);
-                tracing::error!(error = %e, rows, "usage rows dropped: the spill task failed");
-                return;
+        match done {
+            Ok((mut job, tuples, held)) => {
+                self.count_spill(job.rows as u64, tuples);
+                self.count_spill(job.held.len() as u64, held);
+                job.clear(spare);
             }
-        };
-        for (n, result) in [(job.rows as u64, tuples), (job.held.len() as u64, held)] {
-            match result {
-                Ok(()) if n > 0 => {
-                    self.metrics.spilled.fetch_add(n, Ordering::Relaxed);
-                    self.spill_waiting.store(true, Ordering::Release);
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(error = %e, rows = n, "usage rows dropped: the spill file failed");
-                }
-            }
+            Err(e) => self.count_spill(rows, Err(std::io::Error::other(e))),
         }
-        job.clear(spare);
     }
 
     /// Append buffers of tuples to the spill file (a failure loses them, counted); the
     /// buffers come back for reuse.
     async fn spill_tuples(&self, bufs: Vec<Vec<u8>>, rows: usize) -> Vec<Vec<u8>> {
         let spill = self.spill.clone();
-        let n = rows as u64;
-        let appended = tokio::task::spawn_blocking(move || {
-            let result = spill.append_tuples(&bufs);
-            (result, bufs)
-        })
-        .await;
-        match appended {
-            Ok((Ok(()), bufs)) => {
-                self.metrics.spilled.fetch_add(n, Ordering::Relaxed);
-                self.spill_waiting.store(true, Ordering::Release);
-                bufs
-            }
-            Ok((Err(e), bufs)) => {
-                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill file failed");
-                bufs
-            }
-            Err(e) => {
-                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill task failed");
-                Vec::new()
-            }
-        }
+        let appended =
+            tokio::task::spawn_blocking(move || (spill.append_tuples(&bufs), bufs)).await;
+        let (result, bufs) =
+            appended.unwrap_or_else(|e| (Err(std::io::Error::other(e)), Vec::new()));
+        self.count_spill(rows as u64, result);
+        bufs
     }
 
     /// One flush interval, cut short by a flush request or a shard at half capacity.
@@ -733,20 +708,7 @@ impl WriterTask {
         let spill = self.spill.clone();
         let n = rows.len() as u64;
         let result = tokio::task::spawn_blocking(move || spill.append(&rows)).await;
-        match result {
-            Ok(Ok(())) => {
-                self.metrics.spilled.fetch_add(n, Ordering::Relaxed);
-                self.spill_waiting.store(true, Ordering::Release);
-            }
-            Ok(Err(e)) => {
-                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill file failed");
-            }
-            Err(e) => {
-                self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = n, "usage rows dropped: the spill task failed");
-            }
-        }
+        self.count_spill(n, result.unwrap_or_else(|e| Err(std::io::Error::other(e))));
     }
 
     /// Replay the spill files, oldest first, while the shards keep being emptied into
