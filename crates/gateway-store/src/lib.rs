@@ -60,6 +60,35 @@ pub enum StoreError {
     Tuple(#[from] tuple::TupleError),
 }
 
+impl StoreError {
+    /// Whether the database refused the rows themselves: a constraint or a trigger said
+    /// no, or a value does not fit (PostgreSQL SQLSTATE classes 22, 23 and P0; SQLite's
+    /// constraint, mismatch and too-big results), or the writer's own tuples do not read
+    /// back. Writing the same rows again fails the same way, unlike a database that is
+    /// away, busy, or missing a table or a permission (where waiting, with the rows
+    /// spilled, is the answer).
+    pub fn refuses_rows(&self) -> bool {
+        use sqlx::error::DatabaseError as _;
+        match self {
+            StoreError::Tuple(_) => true,
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    matches!(pg.code().get(..2), Some("22" | "23" | "P0"))
+                } else if let Some(lite) = e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                    // The primary result code is the extended code's low byte:
+                    // SQLITE_TOOBIG, SQLITE_CONSTRAINT (triggers included), SQLITE_MISMATCH.
+                    lite.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 18..=20))
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Now, as Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -389,6 +389,167 @@ async fn a_writer_behind_a_slow_database_spills_and_loses_nothing() {
     }
 }
 
+/// Rows the database refuses for good (here a trigger says no to some request ids) are
+/// found, set aside in `usage-refused.jsonl` and counted, and every other row of their
+/// batch is written: in a live pass of tuples, among rows with a quota hold, and in a
+/// spill file being replayed. Before, one such row failed its whole batch on every
+/// retry and replay, and the writer went on spilling everything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_database_refuses_are_set_aside_and_the_rest_written() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for store in stores("writer_refused").await {
+        let b = format!("{:?}", store.backend());
+        let sql = raw(&store).await;
+        let trigger = match store.backend() {
+            relay_store::Backend::Sqlite => {
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON usage WHEN NEW.request_id LIKE 'bad%' \
+                 BEGIN SELECT RAISE(ABORT, 'bad row'); END"
+            }
+            relay_store::Backend::Postgres => {
+                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.request_id LIKE 'bad%' THEN RAISE EXCEPTION 'bad row'; END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse_bad BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+            }
+        };
+        sqlx::raw_sql(trigger).execute(&sql).await.unwrap();
+        store
+            .create_key(&quota_key("hk", 1_000_000), "test")
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        let mut config = WriterConfig::new(dir.clone());
+        config.queue = 2_000;
+        config.flush_interval = std::time::Duration::from_millis(10);
+        config.write_timeout = std::time::Duration::from_secs(60);
+        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        let hold = Some(QuotaHold {
+            kind: QuotaKind::Tokens,
+            reserved: 100,
+            tracked: false,
+        });
+
+        // A live pass: 1,000 rows, three of them refused, and a refused held row beside
+        // a good one.
+        for i in 0..1_000 {
+            let id = if [7, 500, 999].contains(&i) {
+                format!("bad-live-{i}")
+            } else {
+                format!("live-{i}")
+            };
+            writer.enqueue(record(&id, "k"), None);
+            if i % 100 == 99 {
+                // Within this thread's shard (a quarter of the queue).
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        writer.enqueue(record("bad-held", "hk"), hold);
+        writer.enqueue(record("held", "hk"), hold);
+        writer.flush().await;
+        let m = writer.metrics();
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 998, "{b}");
+        assert_eq!(m.refused.load(Relaxed), 4, "{b}");
+        assert_eq!(
+            (m.spilled.load(Relaxed), m.dropped.load(Relaxed)),
+            (0, 0),
+            "{b}"
+        );
+        assert!(writer.healthy(), "{b}");
+        assert_eq!(
+            store.key("hk").await.unwrap().unwrap().quota_used,
+            1500,
+            "{b}"
+        );
+
+        // A replay: the table is locked, rows gather past half the queue and are
+        // spilled as tuples, refused ones among them; then the lock goes.
+        let mut blocker = sql.acquire().await.unwrap();
+        let lock = match store.backend() {
+            relay_store::Backend::Sqlite => "BEGIN IMMEDIATE",
+            relay_store::Backend::Postgres => "BEGIN; LOCK TABLE usage IN SHARE ROW EXCLUSIVE MODE",
+        };
+        sqlx::raw_sql(lock).execute(&mut *blocker).await.unwrap();
+        writer.enqueue(record("first", "k"), None);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for step in 0..40 {
+            for i in 0..100 {
+                let id = if i == 50 && step % 10 == 0 {
+                    format!("bad-spilled-{step}")
+                } else {
+                    format!("spilled-{step}-{i}")
+                };
+                writer.enqueue(record(&id, "k"), None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(m.spilled.load(Relaxed) >= 2_000, "{b}: nothing spilled");
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        drop(blocker);
+        writer.flush().await;
+        writer.flush().await;
+        let ids = store.usage_request_ids().await.unwrap();
+        assert_eq!(ids.len(), 998 + 1 + 3_996, "{b}");
+        assert!(!ids.iter().any(|id| id.starts_with("bad")), "{b}");
+        assert_eq!(m.refused.load(Relaxed), 8, "{b}");
+        assert_eq!(m.dropped.load(Relaxed), 0, "{b}");
+        assert_eq!(m.replayed.load(Relaxed), m.spilled.load(Relaxed), "{b}");
+        assert!(writer.healthy(), "{b}");
+
+        // Only the set-aside file is left, one line per refused row, each a row.
+        let files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, ["usage-refused.jsonl"], "{b}");
+        let text = std::fs::read_to_string(dir.join("usage-refused.jsonl")).unwrap();
+        let mut refused: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<relay_store::UsageRow>(l)
+                    .unwrap()
+                    .request_id
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                "bad-held",
+                "bad-live-500",
+                "bad-live-7",
+                "bad-live-999",
+                "bad-spilled-0",
+                "bad-spilled-10",
+                "bad-spilled-20",
+                "bad-spilled-30"
+            ],
+            "{b}"
+        );
+
+        // The line drawn: a refused row is the row's doing; a missing table is not (its
+        // rows wait in the spill file until it is back).
+        let mut buf = Vec::new();
+        let rec = record("bad-direct", "k");
+        assert!(relay_store::tuple::RowRef::of_record(&rec, 0).encode(&mut buf));
+        let e = store
+            .insert_usage_tuples(std::slice::from_ref(&buf))
+            .await
+            .unwrap_err();
+        assert!(e.refuses_rows(), "{b}: {e}");
+        sqlx::raw_sql("ALTER TABLE usage RENAME TO usage_gone")
+            .execute(&sql)
+            .await
+            .unwrap();
+        let e = store.insert_usage_tuples(&[buf]).await.unwrap_err();
+        assert!(!e.refuses_rows(), "{b}: {e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A usage `COPY` cut off mid-stream (the writer's deadline dropped it) must not leave
 /// its connection to the next statement: with one connection in the pool, the
 /// statements after it still get their own answers, and the next batch goes in.

@@ -9,8 +9,12 @@
 //! then the spill is replayed. Idempotent on request id, so a batch written twice (a
 //! commit whose answer was lost, then spilled) is still one row. When a shard is full,
 //! rows go to a spill thread rather than being dropped; `dropped` counts only rows that
-//! could be neither queued nor spilled.
+//! could be neither queued nor spilled. A batch the database refuses for what it holds
+//! (a constraint, a trigger) is [split](refused) until the rows it refuses are found;
+//! those are set aside in a file of their own and the rest is written, so one bad row
+//! never holds up the others.
 
+mod refused;
 mod shards;
 mod spill;
 
@@ -85,6 +89,9 @@ pub struct WriterMetrics {
     pub dropped: AtomicU64,
     /// Rows that went to the overflow spill because the queue was full.
     pub overflowed: AtomicU64,
+    /// Rows the database refused for good (a constraint, a trigger, a value it cannot
+    /// hold), set aside in `usage-refused.jsonl` in the spill directory.
+    pub refused: AtomicU64,
     /// Failed write attempts.
     pub write_errors: AtomicU64,
     /// Rows the writer took from the shards and has not yet written or spilled (a pass
@@ -243,6 +250,7 @@ impl UsageWriter {
              # TYPE relay_usage_replayed_total counter\nrelay_usage_replayed_total {}\n\
              # TYPE relay_usage_dropped_total counter\nrelay_usage_dropped_total {}\n\
              # TYPE relay_usage_overflowed_total counter\nrelay_usage_overflowed_total {}\n\
+             # TYPE relay_usage_refused_total counter\nrelay_usage_refused_total {}\n\
              # TYPE relay_usage_write_errors_total counter\nrelay_usage_write_errors_total {}\n\
              # TYPE relay_store_up gauge\nrelay_store_up {}\n",
             self.queue_depth(),
@@ -252,6 +260,7 @@ impl UsageWriter {
             g(&m.replayed),
             g(&m.dropped),
             g(&m.overflowed),
+            g(&m.refused),
             g(&m.write_errors),
             u8::from(self.healthy()),
         )
@@ -650,20 +659,58 @@ impl WriterTask {
         false
     }
 
-    /// Write the tuples of a pass, retrying; false when every attempt failed.
+    /// Write the tuples of a pass, retrying; false when every attempt failed. Rows the
+    /// database refuses are found and set aside (see [`refused`]).
     async fn write_tuples(&self, bufs: &[Vec<u8>], rows: usize) -> bool {
+        // A pass can hold many thousands of rows: its deadline grows with it, so a busy
+        // but working database is not taken for a dead one.
+        let deadline = self.config.write_timeout + Duration::from_micros(100 * rows as u64);
+        match self
+            .attempt(rows, deadline, || self.store.insert_usage_tuples(bufs))
+            .await
+        {
+            Attempt::Written(n) => {
+                self.metrics.written.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Attempt::Failed => false,
+            Attempt::Refused(e) => self.set_aside_tuples(bufs, e).await,
+        }
+    }
+
+    /// Write a batch of rows, retrying; false when every attempt failed. Rows the
+    /// database refuses are found and set aside.
+    async fn write(&self, rows: &[UsageRow]) -> bool {
+        match self
+            .attempt(rows.len(), self.config.write_timeout, || {
+                self.store.insert_usage(rows)
+            })
+            .await
+        {
+            Attempt::Written(n) => {
+                self.metrics.written.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Attempt::Failed => false,
+            Attempt::Refused(e) => self.set_aside_rows(rows, e).await,
+        }
+    }
+
+    /// Run one write (`write` makes it anew for each attempt) with its deadline, up to
+    /// `attempts` times; a refusal of the rows themselves is not retried.
+    async fn attempt<F>(&self, rows: usize, deadline: Duration, write: impl Fn() -> F) -> Attempt
+    where
+        F: std::future::Future<Output = Result<u64, crate::StoreError>>,
+    {
         for attempt in 0..self.config.attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
-            // A pass can hold many thousands of rows: its deadline grows with it, so a
-            // busy but working database is not taken for a dead one.
-            let deadline = self.config.write_timeout + Duration::from_micros(100 * rows as u64);
-            let write = self.store.insert_usage_tuples(bufs);
-            match tokio::time::timeout(deadline, write).await {
-                Ok(Ok(n)) => {
-                    self.metrics.written.fetch_add(n, Ordering::Relaxed);
-                    return true;
+            match tokio::time::timeout(deadline, write()).await {
+                Ok(Ok(n)) => return Attempt::Written(n),
+                Ok(Err(e)) if e.refuses_rows() => {
+                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                    return Attempt::Refused(e);
                 }
                 Ok(Err(e)) => {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -675,33 +722,7 @@ impl WriterTask {
                 }
             }
         }
-        false
-    }
-
-    /// Write a batch, retrying; false when every attempt failed.
-    async fn write(&self, rows: &[UsageRow]) -> bool {
-        for attempt in 0..self.config.attempts.max(1) {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
-            }
-            match tokio::time::timeout(self.config.write_timeout, self.store.insert_usage(rows))
-                .await
-            {
-                Ok(Ok(n)) => {
-                    self.metrics.written.fetch_add(n, Ordering::Relaxed);
-                    return true;
-                }
-                Ok(Err(e)) => {
-                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, rows = rows.len(), attempt, "usage batch write failed");
-                }
-                Err(_) => {
-                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(rows = rows.len(), attempt, "usage batch write timed out");
-                }
-            }
-        }
-        false
+        Attempt::Failed
     }
 
     async fn to_spill(&self, rows: Vec<UsageRow>) {
@@ -836,6 +857,17 @@ impl WriterTask {
         }
         Ok(rows.len() as u64)
     }
+}
+
+/// How a write went.
+enum Attempt {
+    /// The database took the rows; how many were new.
+    Written(u64),
+    /// The database refused the rows themselves ([`crate::StoreError::refuses_rows`]):
+    /// the same write would fail again.
+    Refused(crate::StoreError),
+    /// Every attempt failed or timed out: the database is away, or too slow.
+    Failed,
 }
 
 /// Why a spill file was not replayed (it stays for a later replay either way).

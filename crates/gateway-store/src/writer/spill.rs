@@ -8,6 +8,9 @@
 //! - rows with a hold, and rows the shards refused, as JSON lines in `usage-spill.jsonl`
 //!   (the format of older gateways, still read).
 //!
+//! Rows the database refuses for good (a constraint, a trigger) are set aside in
+//! `usage-refused.jsonl`, which is never replayed by itself.
+//!
 //! A replay first renames the active files to `usage-replay-<stamp>-<n>.<kind>` (under
 //! the same lock as appends), so appends during a replay start new files and nothing is
 //! read half-written. Blocking I/O: call from a blocking thread.
@@ -23,6 +26,8 @@ use crate::tuple;
 const ACTIVE: &str = "usage-spill.jsonl";
 const ACTIVE_TUPLES: &str = "usage-spill.tuples";
 const REPLAY_PREFIX: &str = "usage-replay-";
+/// Rows the database refused for good (see [`Spill::set_aside`]).
+pub(crate) const REFUSED: &str = "usage-refused.jsonl";
 /// Where a frame of tuples starts.
 const FRAME_MAGIC: [u8; 4] = *b"RTU1";
 /// A tuple file this large is rolled over for replay (about 50,000 rows).
@@ -46,13 +51,24 @@ impl Spill {
     /// Append rows and sync them to disk. All or nothing: a failed append is cut back
     /// off the file.
     pub(crate) fn append(&self, rows: &[UsageRow]) -> std::io::Result<()> {
+        self.append_json(ACTIVE, rows)
+    }
+
+    /// Set aside rows the database refused for good, in [`REFUSED`] (JSON lines, as
+    /// [`Spill::append`]). Never replayed by itself: an operator who fixed the cause
+    /// renames the file to `usage-replay-<anything>.jsonl` to have it replayed.
+    pub(crate) fn set_aside(&self, rows: &[UsageRow]) -> std::io::Result<()> {
+        self.append_json(REFUSED, rows)
+    }
+
+    fn append_json(&self, file: &str, rows: &[UsageRow]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(rows.len() * 400);
         for r in rows {
             serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
         let _guard = self.lock.lock();
-        self.append_locked(ACTIVE, |out| out.write_all(&buf))
+        self.append_locked(file, |out| out.write_all(&buf))
             .map(|_| ())
     }
 

@@ -1,0 +1,218 @@
+//! Rows the database refuses for good. A constraint or a trigger that says no to one row
+//! fails its whole batch (a `COPY`, a multi-row insert), and would fail it on every
+//! retry and every replay of the spill file it went to: one such row used to keep the
+//! writer spilling everything after it. Now a refused batch is split in halves, each
+//! written on its own, down to the single rows the database refuses. Those are set
+//! aside in `usage-refused.jsonl` in the spill directory (counted in `refused`, logged
+//! with their request ids and the database's reason); every other row is written.
+//!
+//! If the database goes away part way, nothing is set aside and the whole batch takes
+//! the outage path (spilled, or kept in its spill file): the rows already written are
+//! skipped when it is written again (idempotent on request id), and the search starts
+//! over then. A batch with `k` refused rows of `n` costs about `2k·log2(n)` writes.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use super::{Attempt, WriterTask};
+use crate::StoreError;
+use crate::model::UsageRow;
+use crate::tuple::RowRef;
+
+/// Refused rows logged one by one per batch, at most (then one line with the count).
+const LOGGED: usize = 10;
+
+impl WriterTask {
+    /// A pass of tuples the database refused: find the refused rows, set them aside
+    /// and write the rest; false when the database failed meanwhile.
+    pub(super) async fn set_aside_tuples(&self, bufs: &[Vec<u8>], first: StoreError) -> bool {
+        let rows = split_tuples(bufs);
+        let store = &self.store;
+        let rows_ref = &rows;
+        let write = move |range: Range<usize>| async move {
+            let mut buf = Vec::with_capacity(rows_ref[range.clone()].iter().map(|r| r.len()).sum());
+            for r in &rows_ref[range] {
+                buf.extend_from_slice(r);
+            }
+            store.insert_usage_tuples(std::slice::from_ref(&buf)).await
+        };
+        let Some(refused) = self.isolate(rows.len(), first, write).await else {
+            return false;
+        };
+        let mut aside = Vec::with_capacity(refused.len());
+        for (i, reason) in refused {
+            match RowRef::decode(rows[i]) {
+                Ok((row, _)) => {
+                    log_refused(aside.len(), row.request_id, &reason);
+                    aside.push(row.to_row(None));
+                }
+                Err(e) => {
+                    // Never made by this writer (its tuples are checked as they are
+                    // read back from a spill file): the bytes cannot be kept as a row.
+                    self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, bytes = rows[i].len(), "usage row dropped: its tuple does not read back");
+                }
+            }
+        }
+        self.set_aside(aside).await
+    }
+
+    /// A batch of rows the database refused: as [`WriterTask::set_aside_tuples`].
+    pub(super) async fn set_aside_rows(&self, rows: &[UsageRow], first: StoreError) -> bool {
+        let store = &self.store;
+        let write = move |range: Range<usize>| store.insert_usage(&rows[range]);
+        let Some(refused) = self.isolate(rows.len(), first, write).await else {
+            return false;
+        };
+        let mut aside = Vec::with_capacity(refused.len());
+        for (i, reason) in refused {
+            log_refused(aside.len(), &rows[i].request_id, &reason);
+            aside.push(rows[i].clone());
+        }
+        self.set_aside(aside).await
+    }
+
+    /// Which of `n` rows, refused together with `first`, the database refuses: the
+    /// indices with the database's reason. Groups are split in halves and written by
+    /// `write` (rows it takes are counted as written). `None` when a write failed
+    /// otherwise (the database is away: the caller takes the outage path).
+    async fn isolate<F>(
+        &self,
+        n: usize,
+        first: StoreError,
+        write: impl Fn(Range<usize>) -> F,
+    ) -> Option<Vec<(usize, String)>>
+    where
+        F: std::future::Future<Output = Result<u64, StoreError>>,
+    {
+        tracing::warn!(error = %first, rows = n, "the database refused a usage batch: looking for the rows it refuses");
+        let mut refused = Vec::new();
+        // Groups still to write (the last one first), each with its refusal when known.
+        let mut todo = vec![(0..n, Some(first.to_string()))];
+        while let Some((range, known)) = todo.pop() {
+            let reason = match known {
+                Some(reason) => reason,
+                None => {
+                    let deadline = self.config.write_timeout
+                        + std::time::Duration::from_micros(100 * range.len() as u64);
+                    match self
+                        .attempt(range.len(), deadline, || write(range.clone()))
+                        .await
+                    {
+                        Attempt::Written(k) => {
+                            self.metrics.written.fetch_add(k, Ordering::Relaxed);
+                            continue;
+                        }
+                        Attempt::Failed => return None,
+                        Attempt::Refused(e) => e.to_string(),
+                    }
+                }
+            };
+            if range.len() <= 1 {
+                refused.extend(range.map(|i| (i, reason.clone())));
+                continue;
+            }
+            let mid = range.start + range.len() / 2;
+            todo.push((mid..range.end, None));
+            todo.push((range.start..mid, None));
+        }
+        if refused.len() > LOGGED {
+            tracing::error!(
+                rows = refused.len(),
+                "usage rows refused by the database and set aside (the first {LOGGED} are logged)"
+            );
+        }
+        Some(refused)
+    }
+
+    /// Append refused rows to the set-aside file; false when that failed (the batch then
+    /// takes the outage path, and is searched again when it is written again).
+    async fn set_aside(&self, rows: Vec<UsageRow>) -> bool {
+        if rows.is_empty() {
+            return true;
+        }
+        let n = rows.len() as u64;
+        let spill = self.spill.clone();
+        match tokio::task::spawn_blocking(move || spill.set_aside(&rows)).await {
+            Ok(Ok(())) => {
+                self.metrics.refused.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, rows = n, "cannot set refused usage rows aside");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = n, "cannot set refused usage rows aside");
+                false
+            }
+        }
+    }
+}
+
+/// Log the `nth` refused row of a batch (only the first [`LOGGED`]).
+fn log_refused(nth: usize, request_id: &str, reason: &str) {
+    if nth < LOGGED {
+        tracing::error!(
+            request_id,
+            reason,
+            file = super::spill::REFUSED,
+            "usage row refused by the database: set aside"
+        );
+    }
+}
+
+/// The single tuples of buffers of tuples, in order. Bytes that do not read back as a
+/// tuple stay together as the last piece of their buffer.
+fn split_tuples(bufs: &[Vec<u8>]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    for buf in bufs {
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            match RowRef::decode(rest) {
+                Ok((_, after)) => {
+                    out.push(&rest[..rest.len() - after.len()]);
+                    rest = after;
+                }
+                Err(_) => {
+                    out.push(rest);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::{DialectId, Operation, UsageRecord};
+
+    use super::*;
+
+    #[test]
+    fn tuples_split_into_single_rows_and_a_damaged_tail_stays_whole() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..3 {
+            let rec = UsageRecord::new(
+                format!("r{i}"),
+                "m".into(),
+                DialectId::OPENAI_CHAT,
+                Operation::Chat,
+            );
+            assert!(RowRef::of_record(&rec, 0).encode(if i < 2 { &mut a } else { &mut b }));
+        }
+        b.extend_from_slice(&[0xff, 0x00, 0x01]);
+        let bufs = vec![a, Vec::new(), b];
+        let rows = split_tuples(&bufs);
+        assert_eq!(rows.len(), 4);
+        let ids: Vec<&str> = rows[..3]
+            .iter()
+            .map(|r| RowRef::decode(r).unwrap().0.request_id)
+            .collect();
+        assert_eq!(ids, ["r0", "r1", "r2"]);
+        assert!(RowRef::decode(rows[0]).unwrap().1.is_empty());
+        assert_eq!(rows[3], &[0xff, 0x00, 0x01]);
+    }
+}
