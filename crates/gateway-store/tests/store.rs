@@ -289,6 +289,46 @@ async fn writer_batches_survive_hostile_names_repeats_and_holds() {
     }
 }
 
+/// Rows a full shard refused go to the overflow thread's spill; a flush waits for them
+/// (it used to return while they were still on their way, and the shutdown's flush with
+/// it: a gateway stopping under overload could exit with rows in that queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_waits_for_the_rows_a_full_shard_refused() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for store in stores("writer_overflow").await {
+        let b = format!("{:?}", store.backend());
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        let mut config = WriterConfig::new(dir.clone());
+        // Shards of a few hundred rows, and a writer that collects them rarely.
+        config.queue = 2_048;
+        config.flush_interval = std::time::Duration::from_secs(1);
+        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        // Four threads enqueue as fast as they can until a shard has refused rows.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    let mut sent = 0;
+                    while sent < 200_000 && writer.metrics().overflowed.load(Relaxed) == 0 {
+                        for _ in 0..50 {
+                            writer.enqueue(record(&format!("o{t}-{sent}"), "k"), None);
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let sent: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        writer.flush().await;
+        let m = writer.metrics();
+        assert!(m.overflowed.load(Relaxed) > 0, "{b}: no shard filled");
+        assert_eq!(m.dropped.load(Relaxed), 0, "{b}");
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), sent, "{b}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A writer behind a database that takes its writes slowly (here: not at all while
 /// another connection holds the usage table) keeps emptying the shards while its write
 /// waits, sends what gathers past half its queue to the spill file as tuples, and loses

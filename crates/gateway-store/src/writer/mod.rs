@@ -109,7 +109,7 @@ pub struct UsageWriter {
     shards: Arc<Shards>,
     /// Flush requests to the writer task; dropping the last sender stops it.
     flushes: mpsc::Sender<oneshot::Sender<()>>,
-    overflow: std::sync::mpsc::SyncSender<UsageRow>,
+    overflow: std::sync::mpsc::SyncSender<Overflow>,
     metrics: Arc<WriterMetrics>,
     prices: PriceTable,
     /// The second (Unix time) a dropped row was last logged.
@@ -188,7 +188,7 @@ impl UsageWriter {
         };
         self.metrics.overflowed.fetch_add(1, Ordering::Relaxed);
         self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
-        if self.overflow.try_send(refused).is_err() {
+        if self.overflow.try_send(Overflow::Row(refused)).is_err() {
             let dropped = self.metrics.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Logged at most once a second: a line per row would cost the request
             // threads more than the rows themselves.
@@ -211,6 +211,17 @@ impl UsageWriter {
     /// Wait until everything enqueued before this call is written or spilled, and a
     /// replay of the spill was tried.
     pub async fn flush(&self) {
+        if self.metrics.overflowed.load(Ordering::Relaxed) > 0 {
+            // Rows the shards refused go to the overflow thread in order: once it has
+            // seen this mark they are in the spill file, which the flush below replays.
+            let (tx, rx) = oneshot::channel();
+            let overflow = self.overflow.clone();
+            let marked =
+                tokio::task::spawn_blocking(move || overflow.send(Overflow::Mark(tx)).is_ok());
+            if marked.await.unwrap_or(false) {
+                let _ = rx.await;
+            }
+        }
         let (tx, rx) = oneshot::channel();
         if self.flushes.send(tx).await.is_ok() {
             let _ = rx.await;
@@ -349,22 +360,44 @@ pub fn to_row(
     }
 }
 
+/// What the overflow thread takes. (Nearly every message is a row: boxing it would cost
+/// an allocation per row for the sake of a rare mark.)
+#[allow(clippy::large_enum_variant)]
+enum Overflow {
+    /// A row its shard refused.
+    Row(UsageRow),
+    /// A flush: answered once every row sent before it is spilled.
+    Mark(oneshot::Sender<()>),
+}
+
 /// Spills the rows the shards refused, in batches.
 fn overflow_thread(
-    rx: std::sync::mpsc::Receiver<UsageRow>,
+    rx: std::sync::mpsc::Receiver<Overflow>,
     spill: Arc<Spill>,
     metrics: Arc<WriterMetrics>,
     waiting: Arc<AtomicBool>,
 ) {
     while let Ok(first) = rx.recv() {
-        let mut rows = vec![first];
-        while rows.len() < 1024 {
-            match rx.try_recv() {
-                Ok(row) => rows.push(row),
-                Err(_) => break,
+        let mut rows = Vec::new();
+        let mut marks = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Overflow::Row(row) => rows.push(row),
+                Overflow::Mark(ack) => marks.push(ack),
             }
+            next = if rows.len() < 1024 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
-        count_spill(&metrics, &waiting, rows.len() as u64, spill.append(&rows));
+        if !rows.is_empty() {
+            count_spill(&metrics, &waiting, rows.len() as u64, spill.append(&rows));
+        }
+        for ack in marks {
+            let _ = ack.send(());
+        }
     }
 }
 
