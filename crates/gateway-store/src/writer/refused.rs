@@ -4,7 +4,9 @@
 //! writer spilling everything after it. Now a refused batch is split in halves, each
 //! written on its own, down to the single rows the database refuses. Those are set
 //! aside in `usage-refused.jsonl` in the spill directory (counted in `refused`, logged
-//! with their request ids and the database's reason); every other row is written.
+//! with their request ids and the database's reason); every other row is written. A
+//! refused row's quota hold is released (the row is charged in full if the file is
+//! replayed later, as any row whose hold is gone).
 //!
 //! If the database goes away part way, nothing is set aside and the whole batch takes
 //! the outage path (spilled, or kept in its spill file): the rows already written are
@@ -65,11 +67,25 @@ impl WriterTask {
             return false;
         };
         let mut aside = Vec::with_capacity(refused.len());
-        for (i, reason) in refused {
-            log_refused(aside.len(), &rows[i].request_id, &reason);
-            aside.push(rows[i].clone());
+        for (i, reason) in &refused {
+            log_refused(aside.len(), &rows[*i].request_id, reason);
+            aside.push(rows[*i].clone());
         }
-        self.set_aside(aside).await
+        if !self.set_aside(aside).await {
+            return false;
+        }
+        // A refused row settles nothing: its reservation is released rather than left
+        // held for as long as its replica lives. (Replayed later, the row finds no hold
+        // and is charged in full, as a row whose hold was reconciled.)
+        for (i, _) in refused {
+            let row = &rows[i];
+            if row.hold.is_some_and(|h| h.tracked)
+                && let Err(e) = self.store.release(&row.request_id).await
+            {
+                tracing::warn!(request_id = %row.request_id, error = %e, "cannot release the quota hold of a refused usage row");
+            }
+        }
+        true
     }
 
     /// Which of `n` rows, refused together with `first`, the database refuses: the
