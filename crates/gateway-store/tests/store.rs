@@ -289,6 +289,93 @@ async fn writer_batches_survive_hostile_names_repeats_and_holds() {
     }
 }
 
+/// A refusal of every row is the database's doing, not the rows': after a few refused
+/// rows the search stops and the batch waits in the spill file, none set aside, until
+/// the database takes it. And refused rows that cannot be set aside (the file cannot be
+/// written) are counted as dropped while the rest of their batch is written: the writer
+/// does not go back to spilling everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_every_row_waits_and_a_failed_set_aside_does_not_wedge() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for store in stores("writer_refused_all").await {
+        let b = format!("{:?}", store.backend());
+        let sql = raw(&store).await;
+        let (refuse_all, allow) = match store.backend() {
+            relay_store::Backend::Sqlite => (
+                "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.request_id LIKE 'bad%' \
+                 OR (SELECT closed FROM gate) = 1 BEGIN SELECT RAISE(ABORT, 'closed'); END",
+                "UPDATE gate SET closed = 0",
+            ),
+            relay_store::Backend::Postgres => (
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.request_id LIKE 'bad%' OR (SELECT closed FROM gate) = 1 THEN \
+                 RAISE EXCEPTION 'closed'; END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION refuse()",
+                "UPDATE gate SET closed = 0",
+            ),
+        };
+        sqlx::raw_sql("CREATE TABLE gate (closed BIGINT NOT NULL); INSERT INTO gate VALUES (1)")
+            .execute(&sql)
+            .await
+            .unwrap();
+        sqlx::raw_sql(refuse_all).execute(&sql).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        // The set-aside file cannot be written: a directory stands in its way.
+        std::fs::create_dir_all(dir.join("usage-refused.jsonl")).unwrap();
+        let mut config = WriterConfig::new(dir.clone());
+        config.flush_interval = std::time::Duration::from_millis(10);
+        config.probe_interval = std::time::Duration::from_millis(50);
+        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+
+        // Every row refused: spilled whole, nothing set aside or dropped.
+        for i in 0..200 {
+            writer.enqueue(record(&format!("all-{i}"), "k"), None);
+        }
+        writer.flush().await;
+        let m = writer.metrics();
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 0, "{b}");
+        assert_eq!(m.spilled.load(Relaxed), 200, "{b}");
+        assert_eq!(
+            (m.refused.load(Relaxed), m.dropped.load(Relaxed)),
+            (0, 0),
+            "{b}"
+        );
+
+        // The database takes rows again (but the two bad ones): the spill is replayed;
+        // the bad rows cannot be set aside and are counted as dropped; the rest of their
+        // batch is written, and so is what comes after.
+        sqlx::raw_sql(allow).execute(&sql).await.unwrap();
+        for i in 0..100 {
+            let id = if i == 10 || i == 60 {
+                format!("bad-{i}")
+            } else {
+                format!("after-{i}")
+            };
+            writer.enqueue(record(&id, "k"), None);
+        }
+        for _ in 0..50 {
+            writer.flush().await;
+            if store.usage_request_ids().await.unwrap().len() == 298 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 298, "{b}");
+        assert_eq!(
+            (m.refused.load(Relaxed), m.dropped.load(Relaxed)),
+            (0, 2),
+            "{b}"
+        );
+        for i in 0..50 {
+            writer.enqueue(record(&format!("later-{i}"), "k"), None);
+        }
+        writer.flush().await;
+        assert_eq!(store.usage_request_ids().await.unwrap().len(), 348, "{b}");
+        assert!(writer.healthy(), "{b}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Rows a full shard refused go to the overflow thread's spill; a flush waits for them
 /// (it used to return while they were still on their way, and the shutdown's flush with
 /// it: a gateway stopping under overload could exit with rows in that queue).
@@ -504,6 +591,11 @@ async fn rows_the_database_refuses_are_set_aside_and_the_rest_written() {
         );
         assert!(writer.healthy(), "{b}");
         assert_eq!(balance(&store, "hk").await, (1500, 0), "{b}");
+        assert_eq!(
+            store.release("bad-held").await.unwrap(),
+            0,
+            "{b}: the refused row's hold is still there"
+        );
 
         // A replay: the table is locked, rows gather past half the queue and are
         // spilled as tuples, refused ones among them; then the lock goes.

@@ -83,7 +83,8 @@ pub struct WriterMetrics {
     pub written: AtomicU64,
     /// Rows written to the spill file.
     pub spilled: AtomicU64,
-    /// Rows read back from the spill file and applied.
+    /// Rows read back from the spill file and applied (written, or refused and set
+    /// aside). A file replayed part way is read again later: its rows count again.
     pub replayed: AtomicU64,
     /// Rows lost: neither queued nor spilled. Must stay 0.
     pub dropped: AtomicU64,
@@ -214,12 +215,22 @@ impl UsageWriter {
         if self.metrics.overflowed.load(Ordering::Relaxed) > 0 {
             // Rows the shards refused go to the overflow thread in order: once it has
             // seen this mark they are in the spill file, which the flush below replays.
+            // (A full queue is waited out here, not on a blocking thread that a hung
+            // disk could keep past the caller's deadline.)
             let (tx, rx) = oneshot::channel();
-            let overflow = self.overflow.clone();
-            let marked =
-                tokio::task::spawn_blocking(move || overflow.send(Overflow::Mark(tx)).is_ok());
-            if marked.await.unwrap_or(false) {
-                let _ = rx.await;
+            let mut mark = Overflow::Mark(tx);
+            loop {
+                match self.overflow.try_send(mark) {
+                    Ok(()) => {
+                        let _ = rx.await;
+                        break;
+                    }
+                    Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                        mark = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+                }
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -975,5 +986,41 @@ mod tests {
         let row = to_row(rec.clone(), None, &prices);
         assert_eq!(RowRef::of_row(&row), RowRef::of_record(&rec, cost));
         assert!(matches!(row.client_dialect, Cow::Borrowed(_)));
+    }
+
+    /// A flush's mark is answered only once every row sent to the overflow thread before
+    /// it is in the spill file (three batches of the thread's here).
+    #[test]
+    fn the_overflow_thread_answers_a_mark_after_the_rows_before_it() {
+        let dir = std::env::temp_dir().join(format!("relay-overflow-{}", rand::random::<u32>()));
+        let spill = Arc::new(Spill::new(dir.clone()));
+        let metrics = Arc::new(WriterMetrics::default());
+        let waiting = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+        let thread = {
+            let (spill, metrics, waiting) = (spill.clone(), metrics.clone(), waiting.clone());
+            std::thread::spawn(move || overflow_thread(rx, spill, metrics, waiting))
+        };
+        for i in 0..3000 {
+            let rec = UsageRecord::new(
+                format!("o{i}"),
+                "m".into(),
+                DialectId::OPENAI_CHAT,
+                Operation::Chat,
+            );
+            tx.send(Overflow::Row(to_row(rec, None, &HashMap::new())))
+                .unwrap();
+        }
+        let (ack, acked) = oneshot::channel();
+        tx.send(Overflow::Mark(ack)).unwrap();
+        acked.blocking_recv().unwrap();
+        assert_eq!(metrics.spilled.load(Ordering::Relaxed), 3000);
+        assert!(waiting.load(Ordering::Relaxed));
+        let files = spill.take().unwrap();
+        let rows: usize = files.iter().map(|f| spill::read(f).unwrap().0.len()).sum();
+        assert_eq!(rows, 3000);
+        drop(tx);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,18 @@
 //! the outage path (spilled, or kept in its spill file): the rows already written are
 //! skipped when it is written again (idempotent on request id), and the search starts
 //! over then. A batch with `k` refused rows of `n` costs about `2k·log2(n)` writes.
+//!
+//! A refusal of many rows is not the rows' doing: a column type changed under a rolling
+//! deploy, a trigger that makes the table read-only, a missing partition. Past
+//! [`budget`] refused rows in one batch the search stops and the batch takes the outage
+//! path whole, as before: its rows wait in the spill file until the database takes them
+//! (nothing set aside, no hold released).
+//!
+//! If the set-aside file cannot be written (the disk), the refused rows are logged in
+//! full and counted as dropped, and the rest of the batch stands: a batch that could
+//! not be set aside must not go back to the spill file and be searched again forever.
+//! (A replayed file that sets rows aside and then fails part way is kept and read
+//! again, so its refused rows can be set aside, and counted, twice.)
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -56,7 +68,8 @@ impl WriterTask {
                 }
             }
         }
-        self.set_aside(aside).await
+        self.set_aside(aside).await;
+        true
     }
 
     /// A batch of rows the database refused: as [`WriterTask::set_aside_tuples`].
@@ -72,17 +85,26 @@ impl WriterTask {
             aside.push(rows[*i].clone());
         }
         if !self.set_aside(aside).await {
-            return false;
+            // Not kept: their holds stay for the reconciliation of their replica.
+            return true;
         }
         // A refused row settles nothing: its reservation is released rather than left
         // held for as long as its replica lives. (Replayed later, the row finds no hold
         // and is charged in full, as a row whose hold was reconciled.)
         for (i, _) in refused {
             let row = &rows[i];
-            if row.hold.is_some_and(|h| h.tracked)
-                && let Err(e) = self.store.release(&row.request_id).await
-            {
-                tracing::warn!(request_id = %row.request_id, error = %e, "cannot release the quota hold of a refused usage row");
+            if !row.hold.is_some_and(|h| h.tracked) {
+                continue;
+            }
+            let release = self.store.release(&row.request_id);
+            match tokio::time::timeout(self.config.write_timeout, release).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(request_id = %row.request_id, error = %e, "cannot release the quota hold of a refused usage row");
+                }
+                Err(_) => {
+                    tracing::warn!(request_id = %row.request_id, "releasing the quota hold of a refused usage row timed out");
+                }
             }
         }
         true
@@ -91,7 +113,8 @@ impl WriterTask {
     /// Which of `n` rows, refused together with `first`, the database refuses: the
     /// indices with the database's reason. Groups are split in halves and written by
     /// `write` (rows it takes are counted as written). `None` when a write failed
-    /// otherwise (the database is away: the caller takes the outage path).
+    /// otherwise (the database is away), or when more than [`budget`] rows are refused
+    /// (not the rows' doing): the caller takes the outage path.
     async fn isolate<F>(
         &self,
         n: usize,
@@ -126,6 +149,15 @@ impl WriterTask {
             };
             if range.len() <= 1 {
                 refused.extend(range.map(|i| (i, reason.clone())));
+                if refused.len() > budget(n) {
+                    tracing::error!(
+                        rows = n,
+                        reason,
+                        "the database refuses usage rows by the batch: this is the schema or a trigger, not the rows; \
+                         the batch waits in the spill file until the database takes it"
+                    );
+                    return None;
+                }
                 continue;
             }
             let mid = range.start + range.len() / 2;
@@ -141,29 +173,47 @@ impl WriterTask {
         Some(refused)
     }
 
-    /// Append refused rows to the set-aside file; false when that failed (the batch then
-    /// takes the outage path, and is searched again when it is written again).
+    /// Append refused rows to the set-aside file; false when that failed, and then the
+    /// rows are logged in full and counted as dropped.
     async fn set_aside(&self, rows: Vec<UsageRow>) -> bool {
         if rows.is_empty() {
             return true;
         }
         let n = rows.len() as u64;
         let spill = self.spill.clone();
-        match tokio::task::spawn_blocking(move || spill.set_aside(&rows)).await {
-            Ok(Ok(())) => {
+        let appended = tokio::task::spawn_blocking(move || {
+            let result = spill.set_aside(&rows);
+            (result, rows)
+        })
+        .await;
+        let (error, rows) = match appended {
+            Ok((Ok(()), _)) => {
                 self.metrics.refused.fetch_add(n, Ordering::Relaxed);
-                true
+                return true;
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, rows = n, "cannot set refused usage rows aside");
-                false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, rows = n, "cannot set refused usage rows aside");
-                false
-            }
+            Ok((Err(e), rows)) => (e.to_string(), rows),
+            Err(e) => (e.to_string(), Vec::new()),
+        };
+        self.metrics.dropped.fetch_add(n, Ordering::Relaxed);
+        tracing::error!(
+            error,
+            rows = n,
+            "usage rows dropped: refused by the database, and the set-aside file cannot be written"
+        );
+        for row in &rows {
+            // The data itself, for an operator to recover from the log.
+            let json = serde_json::to_string(row).unwrap_or_default();
+            tracing::error!(row = %json, "usage row dropped");
         }
+        false
     }
+}
+
+/// Refused rows of a batch of `n` past which the refusal is taken for the database's
+/// doing, not the rows': one in 16, at least 8 and at most 256 (the search costs about
+/// two writes per refused row, times the batch's depth).
+fn budget(n: usize) -> usize {
+    (n / 16).clamp(8, 256)
 }
 
 /// Log the `nth` refused row of a batch (only the first [`LOGGED`]).
