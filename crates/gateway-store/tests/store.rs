@@ -376,6 +376,76 @@ async fn a_refusal_of_every_row_waits_and_a_failed_set_aside_does_not_wedge() {
     }
 }
 
+/// The database goes away in the middle of a search for refused rows (Postgres: a
+/// trigger ends its own connection on one row): nothing is set aside, the batch takes
+/// the outage path whole, and once the database is back the replay searches again, sets
+/// the refused row aside once and writes every other row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_mid_search_sets_nothing_aside_until_it_is_back() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for store in stores("writer_refused_lost").await {
+        let b = format!("{:?}", store.backend());
+        if store.backend() != relay_store::Backend::Postgres {
+            continue;
+        }
+        let sql = raw(&store).await;
+        sqlx::raw_sql(
+            "CREATE TABLE gate (kill BIGINT NOT NULL); INSERT INTO gate VALUES (1); \
+             CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.request_id LIKE 'bad%' THEN RAISE EXCEPTION 'bad row'; END IF; \
+             IF NEW.request_id LIKE 'kill%' AND (SELECT kill FROM gate) = 1 THEN \
+             PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION refuse()",
+        )
+        .execute(&sql)
+        .await
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+        let mut config = WriterConfig::new(dir.clone());
+        config.flush_interval = std::time::Duration::from_millis(10);
+        config.probe_interval = std::time::Duration::from_millis(50);
+        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        // The refused row first (the whole batch is refused), the deadly one in the
+        // second half (the search loses its connection there).
+        writer.enqueue(record("bad-0", "k"), None);
+        for i in 0..98 {
+            writer.enqueue(record(&format!("row-{i}"), "k"), None);
+        }
+        writer.enqueue(record("kill-0", "k"), None);
+        writer.flush().await;
+        let m = writer.metrics();
+        assert_eq!(m.refused.load(Relaxed), 0, "{b}");
+        assert_eq!(m.spilled.load(Relaxed), 100, "{b}");
+        assert!(!dir.join("usage-refused.jsonl").exists(), "{b}");
+
+        sqlx::raw_sql("UPDATE gate SET kill = 0")
+            .execute(&sql)
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            writer.flush().await;
+            if m.replayed.load(Relaxed) >= 100 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut ids = store.usage_request_ids().await.unwrap();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 99, "{b}");
+        assert!(ids.iter().any(|id| id == "kill-0"), "{b}");
+        assert_eq!(
+            (m.refused.load(Relaxed), m.dropped.load(Relaxed)),
+            (1, 0),
+            "{b}"
+        );
+        let text = std::fs::read_to_string(dir.join("usage-refused.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 1, "{b}");
+        assert!(writer.healthy(), "{b}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Rows a full shard refused go to the overflow thread's spill; a flush waits for them
 /// (it used to return while they were still on their way, and the shutdown's flush with
 /// it: a gateway stopping under overload could exit with rows in that queue).
