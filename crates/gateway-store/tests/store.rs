@@ -44,6 +44,19 @@ async fn raw(store: &SharedStore) -> sqlx::AnyPool {
         .unwrap()
 }
 
+/// A writer on `store` with its spill file in a fresh directory (returned), its
+/// settings adjusted by `tune`.
+fn start_writer(
+    store: &SharedStore,
+    tune: impl FnOnce(&mut WriterConfig),
+) -> (Arc<UsageWriter>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
+    let mut config = WriterConfig::new(dir.clone());
+    tune(&mut config);
+    let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+    (writer, dir)
+}
+
 /// One BIGINT from a query.
 async fn scalar(sql: &sqlx::AnyPool, query: &str) -> i64 {
     let (v,): (i64,) = sqlx::query_as(query).fetch_one(sql).await.unwrap();
@@ -400,11 +413,10 @@ async fn a_database_lost_mid_search_sets_nothing_aside_until_it_is_back() {
         .execute(&sql)
         .await
         .unwrap();
-        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
-        let mut config = WriterConfig::new(dir.clone());
-        config.flush_interval = std::time::Duration::from_millis(10);
-        config.probe_interval = std::time::Duration::from_millis(50);
-        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        let (writer, dir) = start_writer(&store, |config| {
+            config.flush_interval = std::time::Duration::from_millis(10);
+            config.probe_interval = std::time::Duration::from_millis(50);
+        });
         // The refused row first (the whole batch is refused), the deadly one in the
         // second half (the search loses its connection there).
         writer.enqueue(record("bad-0", "k"), None);
@@ -454,12 +466,11 @@ async fn a_flush_waits_for_the_rows_a_full_shard_refused() {
     use std::sync::atomic::Ordering::Relaxed;
     for store in stores("writer_overflow").await {
         let b = format!("{:?}", store.backend());
-        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
-        let mut config = WriterConfig::new(dir.clone());
-        // Shards of a few hundred rows, and a writer that collects them rarely.
-        config.queue = 2_048;
-        config.flush_interval = std::time::Duration::from_secs(1);
-        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        let (writer, dir) = start_writer(&store, |config| {
+            // Shards of a few hundred rows, and a writer that collects them rarely.
+            config.queue = 2_048;
+            config.flush_interval = std::time::Duration::from_secs(1);
+        });
         // Four threads enqueue as fast as they can until a shard has refused rows.
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -496,13 +507,12 @@ async fn a_writer_behind_a_slow_database_spills_and_loses_nothing() {
     use std::sync::atomic::Ordering::Relaxed;
     for store in stores("writer_behind").await {
         let b = format!("{:?}", store.backend());
-        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
-        let mut config = WriterConfig::new(dir.clone());
-        config.queue = 2_000;
-        config.flush_interval = std::time::Duration::from_millis(10);
-        // The stuck write must stay in flight (not time out and take the outage path).
-        config.write_timeout = std::time::Duration::from_secs(60);
-        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        let (writer, dir) = start_writer(&store, |config| {
+            config.queue = 2_000;
+            config.flush_interval = std::time::Duration::from_millis(10);
+            // The stuck write must stay in flight (not time out and take the outage path).
+            config.write_timeout = std::time::Duration::from_secs(60);
+        });
 
         // Another connection takes the usage table's write lock and keeps it.
         let sql = raw(&store).await;
@@ -614,12 +624,11 @@ async fn rows_the_database_refuses_are_set_aside_and_the_rest_written() {
             .create_key(&quota_key("hk", 1_000_000), "test")
             .await
             .unwrap();
-        let dir = std::env::temp_dir().join(format!("relay-spill-{}", rand::random::<u32>()));
-        let mut config = WriterConfig::new(dir.clone());
-        config.queue = 2_000;
-        config.flush_interval = std::time::Duration::from_millis(10);
-        config.write_timeout = std::time::Duration::from_secs(60);
-        let writer = UsageWriter::start(store.clone(), PriceTable::default(), config);
+        let (writer, dir) = start_writer(&store, |config| {
+            config.queue = 2_000;
+            config.flush_interval = std::time::Duration::from_millis(10);
+            config.write_timeout = std::time::Duration::from_secs(60);
+        });
         let hold = Some(QuotaHold {
             kind: QuotaKind::Tokens,
             reserved: 100,
