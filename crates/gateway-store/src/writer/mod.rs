@@ -460,7 +460,6 @@ impl WriterTask {
             // pass per flush interval, or sooner when a shard is half full); after a
             // pass that found nothing it sleeps until the next row, a flush, or a due
             // probe of the database or the spill file.
-            // Behind: rows gathered while the last pass wrote.
             if backlog.len() > 0 && db_up {
                 // Rows gathered while the last pass wrote: no pause. (With the
                 // database away, passes keep their interval: each one is a spill.)
@@ -706,17 +705,12 @@ impl WriterTask {
     /// Write the tuples of a pass, retrying; false when every attempt failed. Rows the
     /// database refuses are found and set aside (see [`refused`]).
     async fn write_tuples(&self, bufs: &[Vec<u8>], rows: usize) -> bool {
-        // A pass can hold many thousands of rows: its deadline grows with it, so a busy
-        // but working database is not taken for a dead one.
-        let deadline = self.config.write_timeout + Duration::from_micros(100 * rows as u64);
+        let deadline = self.write_deadline(rows);
         match self
             .attempt(rows, deadline, || self.store.insert_usage_tuples(bufs))
             .await
         {
-            Attempt::Written(n) => {
-                self.metrics.written.fetch_add(n, Ordering::Relaxed);
-                true
-            }
+            Attempt::Written => true,
             Attempt::Failed => false,
             Attempt::Refused(e) => self.set_aside_tuples(bufs, e).await,
         }
@@ -731,17 +725,22 @@ impl WriterTask {
             })
             .await
         {
-            Attempt::Written(n) => {
-                self.metrics.written.fetch_add(n, Ordering::Relaxed);
-                true
-            }
+            Attempt::Written => true,
             Attempt::Failed => false,
             Attempt::Refused(e) => self.set_aside_rows(rows, e).await,
         }
     }
 
+    /// The deadline of one write of `rows` rows of tuples. A pass can hold many
+    /// thousands of rows: its deadline grows with it, so a busy but working database is
+    /// not taken for a dead one.
+    fn write_deadline(&self, rows: usize) -> Duration {
+        self.config.write_timeout + Duration::from_micros(100 * rows as u64)
+    }
+
     /// Run one write (`write` makes it anew for each attempt) with its deadline, up to
-    /// `attempts` times; a refusal of the rows themselves is not retried.
+    /// `attempts` times, counting the new rows it wrote and its failed attempts; a
+    /// refusal of the rows themselves is not retried.
     async fn attempt<F>(&self, rows: usize, deadline: Duration, write: impl Fn() -> F) -> Attempt
     where
         F: std::future::Future<Output = Result<u64, crate::StoreError>>,
@@ -751,7 +750,10 @@ impl WriterTask {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
             match tokio::time::timeout(deadline, write()).await {
-                Ok(Ok(n)) => return Attempt::Written(n),
+                Ok(Ok(n)) => {
+                    self.metrics.written.fetch_add(n, Ordering::Relaxed);
+                    return Attempt::Written;
+                }
                 Ok(Err(e)) if e.refuses_rows() => {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     return Attempt::Refused(e);
@@ -905,8 +907,8 @@ impl WriterTask {
 
 /// How a write went.
 enum Attempt {
-    /// The database took the rows; how many were new.
-    Written(u64),
+    /// The database took the rows (the new ones are counted as written).
+    Written,
     /// The database refused the rows themselves ([`crate::StoreError::refuses_rows`]):
     /// the same write would fail again.
     Refused(crate::StoreError),

@@ -40,14 +40,10 @@ impl WriterTask {
     /// A pass of tuples the database refused: find the refused rows, set them aside
     /// and write the rest; false when the database failed meanwhile.
     pub(super) async fn set_aside_tuples(&self, bufs: &[Vec<u8>], first: StoreError) -> bool {
-        let rows = split_tuples(bufs);
+        let rows = &split_tuples(bufs);
         let store = &self.store;
-        let rows_ref = &rows;
         let write = move |range: Range<usize>| async move {
-            let mut buf = Vec::with_capacity(rows_ref[range.clone()].iter().map(|r| r.len()).sum());
-            for r in &rows_ref[range] {
-                buf.extend_from_slice(r);
-            }
+            let buf = rows[range].concat();
             store.insert_usage_tuples(std::slice::from_ref(&buf)).await
         };
         let Some(refused) = self.isolate(rows.len(), first, write).await else {
@@ -132,16 +128,12 @@ impl WriterTask {
             let reason = match known {
                 Some(reason) => reason,
                 None => {
-                    let deadline = self.config.write_timeout
-                        + std::time::Duration::from_micros(100 * range.len() as u64);
+                    let deadline = self.write_deadline(range.len());
                     match self
                         .attempt(range.len(), deadline, || write(range.clone()))
                         .await
                     {
-                        Attempt::Written(k) => {
-                            self.metrics.written.fetch_add(k, Ordering::Relaxed);
-                            continue;
-                        }
+                        Attempt::Written => continue,
                         Attempt::Failed => return None,
                         Attempt::Refused(e) => e.to_string(),
                     }
